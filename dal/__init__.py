@@ -1,0 +1,1 @@
+"""dal: synthetic images + deep active learning for industrial object detection."""
