@@ -1,0 +1,184 @@
+"""Evaluate a detector: COCO AP@[0.5:0.95], AP50, AP75 (pycocotools), per class, as JSON.
+
+Works on a training checkpoint (.pt) or an exported model (.onnx, run through the same
+onnxruntime code as the agent). `--grid` draws predictions on a sheet of validation images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dal.coco import CocoDataset, load_coco, predictions_to_coco_results, read_image
+from dal.errors import DalError
+
+log = logging.getLogger(__name__)
+
+# image (uint8 HWC RGB) -> (boxes [n,4] xyxy, labels [n] 1..C, scores [n])
+Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def coco_metrics(coco: CocoDataset, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """AP, AP50, AP75 and per-class AP of `results` against the dataset's boxes."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    names = coco.categories
+    empty = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "per_class": {n: 0.0 for n in names.values()}}
+    if not coco.images:
+        raise DalError(f"{coco.json_path}: no images to evaluate on")
+    if not results:
+        return empty
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        gt = COCO()
+        gt.dataset = coco.to_json()
+        gt.createIndex()
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = [rec.id for rec in coco.images]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # precision: [iou thresholds, recall points, classes, area ranges, max dets]; -1 = no GT
+    precision = ev.eval["precision"][:, :, :, 0, -1]
+    per_class = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k]
+        per_class[names[cat_id]] = float(p[p > -1].mean()) if (p > -1).any() else None
+    stats = [max(0.0, float(v)) for v in ev.stats[:3]]
+    return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "per_class": per_class}
+
+
+def torch_predictor(model: torch.nn.Module) -> Predictor:
+    """Wrap a torchvision detector as a Predictor (eval mode, no grad, CPU)."""
+    model.eval()
+
+    @torch.no_grad()
+    def predict(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255
+        out = model([tensor])[0]
+        return out["boxes"].numpy(), out["labels"].numpy(), out["scores"].numpy()
+
+    return predict
+
+
+def predict_dataset(
+    predict: Predictor, coco: CocoDataset, progress: bool = True
+) -> Iterator[tuple[int, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Yield (image id, image, prediction) for every image of the dataset."""
+    for rec in tqdm(coco.images, desc="evaluating", unit="img", disable=not progress):
+        image = read_image(coco.image_path(rec))
+        yield rec.id, image, predict(image)
+
+
+def label_map_by_name(coco: CocoDataset, class_names: list[str]) -> dict[int, int]:
+    """Model label (1..C over `class_names`) -> the dataset's category id with the same name."""
+    by_name = {name: cat for cat, name in coco.categories.items()}
+    missing = [n for n in class_names if n not in by_name]
+    if missing:
+        raise DalError(
+            f"{coco.json_path}: the model's classes {missing} are not among the dataset's "
+            f"categories {sorted(by_name)}",
+            hint="evaluate on a dataset labelled with the model's classes",
+        )
+    return {i + 1: by_name[name] for i, name in enumerate(class_names)}
+
+
+def evaluate(
+    predict: Predictor,
+    coco: CocoDataset,
+    class_names: list[str] | None = None,
+    progress: bool = True,
+    keep_images: int = 0,
+) -> tuple[dict[str, Any], list[tuple[np.ndarray, tuple]]]:
+    """Metrics over the dataset, plus the first `keep_images` images with their predictions.
+
+    Model labels are matched to the dataset's categories by class name (`class_names`, label 1
+    first); without names they are taken to follow the dataset's category order.
+    """
+    results: list[dict[str, Any]] = []
+    kept = []
+    if class_names is None:
+        label_to_category = coco.label_to_category
+    else:
+        label_to_category = label_map_by_name(coco, class_names)
+    for image_id, image, (boxes, labels, scores) in predict_dataset(predict, coco, progress):
+        results += predictions_to_coco_results(image_id, boxes, labels, scores, label_to_category)
+        if len(kept) < keep_images:
+            kept.append((image, (boxes, labels, scores)))
+    metrics = coco_metrics(coco, results)
+    metrics["images"] = len(coco.images)
+    metrics["detections"] = len(results)
+    return metrics, kept
+
+
+def load_predictor(model_path: Path, score_threshold: float | None) -> tuple[Predictor, list[str]]:
+    """A Predictor and class names for a .pt checkpoint or an exported .onnx model."""
+    if model_path.suffix == ".onnx":
+        from dal.agent.detector import OnnxDetector
+
+        detector = OnnxDetector(model_path)
+
+        def predict_onnx(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            det = detector.detect(image)
+            return det.boxes, det.labels, det.scores
+
+        return predict_onnx, list(detector.class_names)
+    from dal.trainer.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(model_path)
+    model = ckpt.build()
+    if score_threshold is not None:
+        model.roi_heads.score_thresh = score_threshold
+    return torch_predictor(model), list(ckpt.config.class_names)
+
+
+def save_grid(kept: list, class_names: list[str], path: Path, min_score: float = 0.3) -> None:
+    from dal.drawing import contact_sheet, draw_detections
+
+    tiles = []
+    for image, (boxes, labels, scores) in kept:
+        keep = scores >= min_score
+        tiles.append(
+            draw_detections(image, boxes[keep], labels[keep], scores[keep], ["bg", *class_names])
+        )
+    contact_sheet(tiles, columns=4).save(path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="checkpoint (.pt) or exported model (.onnx)")
+    parser.add_argument("coco", type=Path, help="COCO JSON with the ground truth")
+    parser.add_argument("--images", type=Path, help="image folder (default: the JSON's folder)")
+    parser.add_argument("--out", type=Path, help="write the metrics JSON here")
+    parser.add_argument("--grid", type=Path, help="write a PNG/JPEG sheet of predictions here")
+    parser.add_argument("--grid-images", type=int, default=16, help="images on the sheet")
+    parser.add_argument("--score-threshold", type=float, help="override the model's threshold")
+
+
+def run(args: argparse.Namespace) -> int:
+    coco = load_coco(args.coco, args.images)
+    predict, class_names = load_predictor(args.model, args.score_threshold)
+    keep = args.grid_images if args.grid else 0
+    metrics, kept = evaluate(predict, coco, class_names, keep_images=keep)
+    metrics["model"] = str(args.model)
+    metrics["dataset"] = str(args.coco)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.out:
+        from dal.fileio import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    if args.grid:
+        save_grid(kept, class_names, args.grid)
+        print(f"prediction sheet: {args.grid}")
+    return 0
