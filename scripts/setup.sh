@@ -2,7 +2,7 @@
 # Build (or reuse) the project's virtual environment, then install this checkout into it.
 #
 # The venv is cached under $DAL_VENV_CACHE (default ~/.cache/dal/venvs), keyed on the hash of
-# pyproject.toml and requirements.lock: when neither changed, setup takes seconds. .venv in the
+# the dependency lists in pyproject.toml and requirements.lock: when neither changed, setup takes seconds. .venv in the
 # checkout is a link to it. Safe to run any number of times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,10 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
     exit 1
 fi
 
-key=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+# The key covers what gets installed (dependencies, extras, the lock), not the rest of pyproject.
+deps=$("$python" -c 'import json, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print(json.dumps([p["dependencies"], p["optional-dependencies"]], sort_keys=True))')
+key=$( (echo "$deps"; cat requirements.lock) | sha256sum | cut -c1-16)
 cache=${DAL_VENV_CACHE:-$HOME/.cache/dal/venvs}
 venv="$cache/$key"
 extras=${DAL_EXTRAS:-agent,trainer,blender,demo,dev}

@@ -1,0 +1,34 @@
+"""The installed package must contain every source folder (the folder mapping is by hand)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_python_package_folder_is_listed() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = config["package-dir"]
+    listed = set(config["packages"])
+    found = set()
+    for package, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((package, *parts)))
+    assert found == listed
+
+
+def test_the_agent_package_does_not_import_torch() -> None:
+    """The agent install has no torch: nothing under dal/ or agent/ may import it."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in ("dal", "agent")
+        for path in (ROOT / folder).rglob("*.py")
+        if any(
+            line.lstrip().startswith(("import torch", "from torch"))
+            for line in path.read_text().splitlines()
+        )
+    ]
+    assert offenders == []
