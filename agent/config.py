@@ -1,0 +1,348 @@
+"""The edge agent's configuration: one frozen dataclass per TOML section.
+
+Read once at start-up with `load_agent_config`; nothing mutates it afterwards (runtime state,
+such as the model version in use, lives in the daemon). The reference file
+docs/config/agent.toml is generated from these classes (`python -m dal.config
+dal.agent.config:AgentConfig`) and a test keeps it current.
+
+Relative paths (pool folder, model) are resolved against `[agent] data_dir` by `resolve_path`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from dal import config as cfg
+from dal.config import doc
+from dal.scoring import AGGREGATES, METHODS
+
+ColorResolution = Literal["720p", "1080p", "1440p", "1536p", "2160p", "3072p"]
+DepthMode = Literal["off", "nfov_2x2binned", "nfov_unbinned", "wfov_2x2binned", "wfov_unbinned"]
+
+DEFAULT_PROVIDERS = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    id: str = field(
+        default="",
+        metadata=doc("Agent id used in MQTT topics and sample ids; empty = the host name."),
+    )
+    data_dir: Path = field(
+        default=Path("/var/lib/dal-agent"),
+        metadata=doc(
+            "Folder for the pool, outbox and models; relative paths elsewhere are resolved here."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    initial_s: float = field(
+        default=1.0, metadata=doc("First wait after a camera or stream is lost.", min=0.0)
+    )
+    max_s: float = field(
+        default=60.0, metadata=doc("Longest wait between reconnect attempts.", min=0.0)
+    )
+    factor: float = field(
+        default=2.0, metadata=doc("Each failed attempt multiplies the wait by this.", min=1.0)
+    )
+    max_attempts: int = field(
+        default=0,
+        metadata=doc(
+            "Give up after this many failed attempts in a row (0 = retry forever).", min=0
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) must be ≥ initial_s ({self.initial_s})")
+
+
+@dataclass(frozen=True)
+class FolderSourceConfig:
+    annotations: Path | None = field(
+        default=None,
+        metadata=doc(
+            "COCO JSON with ground truth for the images (replays and experiments); optional."
+        ),
+    )
+    interval_s: float = field(
+        default=1.0,
+        metadata=doc(
+            "Nominal time between images: their timestamps and real-time pacing.", min=0.0
+        ),
+    )
+    extensions: tuple[str, ...] = field(
+        default=(".jpg", ".jpeg", ".png", ".bmp"),
+        metadata=doc("Image file name endings to read (case-insensitive)."),
+    )
+    recursive: bool = field(default=False, metadata=doc("Also read images in sub-folders."))
+
+
+@dataclass(frozen=True)
+class MkvSourceConfig:
+    color_track: str = field(
+        default="COLOR",
+        metadata=doc("Title of the colour track (the Azure Kinect recorder writes COLOR)."),
+    )
+    depth: bool = field(
+        default=False, metadata=doc("Also read the DEPTH track and attach it to each frame.")
+    )
+
+
+@dataclass(frozen=True)
+class KinectSourceConfig:
+    device: int = field(default=0, metadata=doc("Index of the Azure Kinect device.", min=0))
+    color_resolution: ColorResolution = field(
+        default="720p", metadata=doc("Colour camera resolution.")
+    )
+    fps: int = field(default=15, metadata=doc("Camera frame rate: 5, 15 or 30.", min=5, max=30))
+    depth_mode: DepthMode = field(
+        default="off", metadata=doc("Depth camera mode; 'off' = colour only.")
+    )
+
+    def __post_init__(self) -> None:
+        if self.fps not in (5, 15, 30):
+            raise ValueError(f"fps must be 5, 15 or 30, got {self.fps}")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str = field(default="folder", metadata=doc("Frame source: folder, mkv, video or kinect."))
+    uri: str = field(
+        default="",
+        metadata=doc("Image folder, .mkv recording, video file or rtsp:// URL, or camera index."),
+    )
+    realtime: bool = field(
+        default=False,
+        metadata=doc(
+            "Honour recording timestamps (sleep between frames); false = as fast as possible."
+        ),
+    )
+    loop: bool = field(
+        default=False, metadata=doc("Start a recording or folder again when it ends.")
+    )
+    reconnect: ReconnectConfig = field(
+        default_factory=ReconnectConfig, metadata=doc("Back-off when a source is lost.")
+    )
+    folder: FolderSourceConfig = field(
+        default_factory=FolderSourceConfig, metadata=doc("Options of the folder source.")
+    )
+    mkv: MkvSourceConfig = field(
+        default_factory=MkvSourceConfig, metadata=doc("Options of the Azure Kinect MKV source.")
+    )
+    kinect: KinectSourceConfig = field(
+        default_factory=KinectSourceConfig, metadata=doc("Options of the live Azure Kinect.")
+    )
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    model: Path | None = field(
+        default=None,
+        metadata=doc("ONNX model to start with; unset = the current model under data_dir/models."),
+    )
+    providers: tuple[str, ...] = field(
+        default=DEFAULT_PROVIDERS,
+        metadata=doc(
+            "onnxruntime execution providers in order of preference; unavailable ones are skipped."
+        ),
+    )
+    resize: Literal["letterbox", "stretch"] = field(
+        default="letterbox",
+        metadata=doc("Fit frames to the model input keeping the aspect (letterbox) or not."),
+    )
+    pad_value: int = field(
+        default=114, metadata=doc("Grey level of the letterbox borders.", min=0, max=255)
+    )
+    timeout_s: float = field(
+        default=30.0,
+        metadata=doc("An inference taking longer than this counts as stuck (watchdog).", min=0.1),
+    )
+    warmup: bool = field(
+        default=True, metadata=doc("Run one inference at load so the first frame is not slow.")
+    )
+    threads: int = field(
+        default=0, metadata=doc("onnxruntime intra-op threads (0 = its default).", min=0)
+    )
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    min_interval_s: float = field(
+        default=1.0,
+        metadata=doc("Minimum time between two kept frames (frame timestamps).", min=0.0),
+    )
+    dedup_threshold: float = field(
+        default=0.98,
+        metadata=doc(
+            "Skip a frame whose feature has cosine similarity ≥ this to a recently kept one.",
+            min=-1.0,
+            max=1.0,
+        ),
+    )
+    dedup_window: int = field(
+        default=32, metadata=doc("How many recently kept features to compare with.", min=0)
+    )
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    enabled: bool = field(
+        default=True, metadata=doc("Watch score and feature statistics for drift.")
+    )
+    window: int = field(
+        default=200,
+        metadata=doc(
+            "Effective window (frames) of the running score and feature statistics.", min=1
+        ),
+    )
+    min_samples: int = field(
+        default=100,
+        metadata=doc(
+            "Frames seen before drift is judged (and before a missing reference is set).", min=1
+        ),
+    )
+    score_z: float = field(
+        default=1.0,
+        metadata=doc(
+            "Drift when the mean image score moves this many reference std devs.", min=0.0
+        ),
+    )
+    feature_distance: float = field(
+        default=0.1,
+        metadata=doc(
+            "Drift when the mean feature's cosine distance to the reference reaches this.", min=0.0
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    dir: Path = field(
+        default=Path("pool"),
+        metadata=doc("Folder of the pool database and JPEGs (under data_dir)."),
+    )
+    max_images: int = field(
+        default=5000, metadata=doc("Most images kept; the least informative go first.", min=1)
+    )
+    max_bytes: int = field(default=1 << 30, metadata=doc("Most JPEG bytes kept.", min=1))
+    min_free_bytes: int = field(
+        default=256 << 20,
+        metadata=doc("Refuse new images when the disk has less free space than this.", min=0),
+    )
+    jpeg_quality: int = field(
+        default=90, metadata=doc("JPEG quality of pooled frames.", min=1, max=100)
+    )
+    synchronous: Literal["NORMAL", "FULL"] = field(
+        default="NORMAL",
+        metadata=doc(
+            "SQLite synchronous mode: NORMAL never corrupts in WAL mode but may lose the last "
+            "commits at a power cut; FULL keeps them at an fsync per commit."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    method: str = field(
+        default="margin", metadata=doc("Per-detection score: margin, entropy or least_confidence.")
+    )
+    aggregate: str = field(
+        default="sum", metadata=doc("Image score from its detections: sum (paper), max or mean.")
+    )
+
+    def __post_init__(self) -> None:
+        for name, table, what in (
+            (self.method, METHODS, "method"),
+            (self.aggregate, AGGREGATES, "aggregate"),
+        ):
+            if name not in table:
+                raise ValueError(f"{what} {name!r} is not one of {', '.join(sorted(table))}")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    strategy: str = field(
+        default="dbal", metadata=doc("Query strategy: random, margin, dbal or coreset.")
+    )
+    k: int = field(default=25, metadata=doc("Images chosen per cycle.", min=1))
+    beta: float = field(
+        default=2.0, metadata=doc("DBAL pre-filter: the top beta·k images are clustered.", min=1.0)
+    )
+    seed: int = field(
+        default=0, metadata=doc("Random seed of the strategy (cycle number is added).")
+    )
+    allow_labelled: bool = field(
+        default=False, metadata=doc("Let already labelled images be chosen again.")
+    )
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    pool_growth: int = field(
+        default=200,
+        metadata=doc("Start a cycle after this many new pooled images (0 = off).", min=0),
+    )
+    interval_s: float = field(
+        default=0.0, metadata=doc("Start a cycle this often (0 = off).", min=0.0)
+    )
+    on_drift: bool = field(default=True, metadata=doc("Start a cycle when drift is detected."))
+    min_pool: int = field(
+        default=25, metadata=doc("Never start a cycle with fewer pooled images than this.", min=1)
+    )
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    ENV_PREFIX: ClassVar[str] = "DAL_AGENT"
+    TITLE: ClassVar[str] = "dal edge agent configuration (dal agent --config FILE)."
+
+    agent: AgentSection = field(
+        default_factory=AgentSection, metadata=doc("Identity and storage of this agent.")
+    )
+    source: SourceConfig = field(
+        default_factory=SourceConfig, metadata=doc("Where frames come from.")
+    )
+    detector: DetectorConfig = field(
+        default_factory=DetectorConfig, metadata=doc("The ONNX detector and how it runs.")
+    )
+    policy: PolicyConfig = field(
+        default_factory=PolicyConfig, metadata=doc("Which frames are kept for the pool.")
+    )
+    drift: DriftConfig = field(
+        default_factory=DriftConfig, metadata=doc("Drift of score and feature statistics.")
+    )
+    pool: PoolConfig = field(
+        default_factory=PoolConfig, metadata=doc("The candidate pool on disk.")
+    )
+    scoring: ScoringConfig = field(
+        default_factory=ScoringConfig, metadata=doc("Informativeness score of an image.")
+    )
+    query: QueryConfig = field(
+        default_factory=QueryConfig, metadata=doc("On-device query: which images go to labelling.")
+    )
+    cycle: CycleConfig = field(
+        default_factory=CycleConfig, metadata=doc("When an active-learning cycle starts.")
+    )
+
+
+def load_agent_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Defaults <- TOML file <- DAL_AGENT__SECTION__KEY environment variables."""
+    return cfg.load(AgentConfig, path, env=env)
+
+
+def resolve_path(config: AgentConfig, path: Path) -> Path:
+    """A configured path; relative ones live under `[agent] data_dir`."""
+    return path if path.is_absolute() else config.agent.data_dir / path

@@ -1,0 +1,302 @@
+"""The agent's onnxruntime detector: fitting frames to the model, metadata checks, watchdog.
+
+Most tests run small hand-built ONNX graphs that follow dal/contract.py (constant detections, a
+feature that is the mean of the input the model received), so they check the agent's side
+exactly; the last test runs a real Faster R-CNN exported by dal.exporter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_fixtures import TinyModel
+
+from dal import contract
+from dal.agent.detector import (
+    Detector,
+    InferenceTimeoutError,
+    boxes_to_frame,
+    boxes_to_input,
+    fit_image,
+    plan_fit,
+)
+from dal.errors import ModelError
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+
+W, H = 160, 96  # model input
+CLASSES = [contract.BACKGROUND, "washer", "bracket"]
+BOXES = np.array([[16, 8, 80, 56], [100, 40, 150, 90]], np.float32)  # input pixels
+
+
+def metadata(**changes: str | None) -> dict[str, str]:
+    meta = {
+        contract.META_CONTRACT: contract.CONTRACT_VERSION,
+        contract.META_VERSION: "m7",
+        contract.META_PARENT: "m6",
+        contract.META_CLASSES: json.dumps(CLASSES),
+        contract.META_INPUT_SIZE: contract.format_input_size(W, H),
+        contract.META_INPUT_FORMAT: contract.INPUT_FORMAT,
+        contract.META_WEIGHTS_SHA256: "ab" * 32,
+        contract.META_VAL_AP: "0.61",
+        contract.META_SCORE_THRESHOLD: "0.05",
+    }
+    for key, value in changes.items():
+        key = getattr(contract, key)
+        if value is None:
+            meta.pop(key)
+        else:
+            meta[key] = value
+    return meta
+
+
+def contract_model(
+    path: Path,
+    *,
+    boxes: np.ndarray = BOXES,
+    meta: dict[str, str] | None = None,
+    input_shape: tuple[int, int, int] = (H, W, 3),
+    width: int = len(CLASSES),
+    slow_matmuls: int = 0,
+) -> Path:
+    """A tiny model obeying the contract: constant detections, feature = mean of the input."""
+    n = len(boxes)
+    probs = np.full((n, width), 1.0 / width, np.float32)
+    consts = {
+        "c_boxes": boxes.astype(np.float32),
+        "c_labels": (np.arange(n) % (width - 1) + 1).astype(np.int64),
+        "c_scores": np.linspace(0.9, 0.3, n).astype(np.float32),
+        "c_probs": probs,
+        "c_shape": np.array([contract.FEATURE_DIM], np.int64),
+    }
+    nodes = [
+        helper.make_node("Cast", ["image"], ["imgf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["imgf"], ["mean"], keepdims=0),
+        helper.make_node("Expand", ["mean", "c_shape"], ["feat0"]),
+    ]
+    for out in ("boxes", "labels", "scores", "probs"):
+        nodes.append(helper.make_node("Identity", [f"c_{out}"], [out]))
+    if slow_matmuls:  # a long chain of matrix products, so an inference can be cancelled
+        consts["c_sq"] = np.array([512, 512], np.int64)
+        consts["c_w"] = np.full((512, 512), 1 / 512, np.float32)
+        consts["c_zero"] = np.array(0.0, np.float32)
+        nodes.append(helper.make_node("Expand", ["mean", "c_sq"], ["x0"]))
+        nodes += [
+            helper.make_node("MatMul", [f"x{i}", "c_w"], [f"x{i + 1}"]) for i in range(slow_matmuls)
+        ]
+        nodes += [
+            helper.make_node("ReduceMax", [f"x{slow_matmuls}"], ["s"], keepdims=0),
+            helper.make_node("Mul", ["s", "c_zero"], ["s0"]),
+            helper.make_node("Add", ["feat0", "s0"], ["feature"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["feat0"], ["feature"]))
+    outputs = [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [n, 4]),
+        helper.make_tensor_value_info("labels", TensorProto.INT64, [n]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [n]),
+        helper.make_tensor_value_info("probs", TensorProto.FLOAT, [n, width]),
+        helper.make_tensor_value_info("feature", TensorProto.FLOAT, [contract.FEATURE_DIM]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "contract",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, list(input_shape))],
+        outputs,
+        [onnx.numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, metadata() if meta is None else meta)
+    onnx.save(model, path)
+    return path
+
+
+def cpu_detector(path: Path, **kw: object) -> Detector:
+    return Detector(path, providers=("CPUExecutionProvider",), **kw)  # type: ignore[arg-type]
+
+
+# ---- pure pre/post-processing -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
+@pytest.mark.parametrize("frame", [(640, 480), (1280, 720), (320, 180), (300, 400), (160, 96)])
+def test_box_mapping_round_trips(mode: str, frame: tuple[int, int]) -> None:
+    fit = plan_fit(*frame, 640, 360, mode=mode)
+    fw, fh = frame
+    boxes = np.array([[0, 0, fw, fh], [0.1 * fw, 0.2 * fh, 0.5 * fw, 0.9 * fh]], np.float32)
+    inside = boxes_to_input(boxes, fit)
+    assert inside[:, 0::2].min() >= fit.pad_x - 1e-3 and inside[:, 2].max() <= 640 + 1e-3
+    np.testing.assert_allclose(boxes_to_frame(inside, fit), boxes, atol=1e-3)
+    if mode == "letterbox":  # aspect kept: same scale on both axes (up to rounding)
+        assert fit.scale_x == pytest.approx(fit.scale_y, rel=0.01)
+        assert fit.pad_x == 0 or fit.pad_y == 0
+
+
+def test_letterbox_places_the_frame_and_pads_around_it() -> None:
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[100:200, 300:500] = 255  # a white part
+    fit = plan_fit(640, 480, 640, 360, "letterbox")
+    assert (fit.resized, fit.pad_x, fit.pad_y) == ((480, 360), 80, 0)
+    out = fit_image(frame, fit, pad_value=114)
+    assert out.shape == (360, 640, 3) and out.dtype == np.uint8
+    assert (out[:, :80] == 114).all() and (out[:, 560:] == 114).all()
+    ys, xs = np.nonzero(out[:, :, 0] > 128)
+    found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+    np.testing.assert_allclose(boxes_to_frame(found, fit), [[300, 100, 500, 200]], atol=2.0)
+
+
+def test_boxes_in_the_padding_are_clipped_to_the_frame() -> None:
+    fit = plan_fit(640, 480, 640, 360, "letterbox")
+    mapped = boxes_to_frame(np.array([[0, -5, 100, 400]], np.float32), fit)
+    np.testing.assert_allclose(mapped, [[0, 0, (100 - 80) / 0.75, 480]], atol=1e-3)
+
+
+# ---- real onnxruntime sessions ----------------------------------------------------------------
+
+
+def test_detect_maps_boxes_and_passes_the_fitted_frame(tmp_path: Path) -> None:
+    detector = cpu_detector(contract_model(tmp_path / "m.onnx"), pad_value=100)
+    try:
+        info = detector.info
+        assert (info.version, info.parent_version, info.input_size) == ("m7", "m6", (W, H))
+        assert info.class_names == tuple(CLASSES) and info.num_classes == 2
+        assert (info.val_ap, info.score_threshold) == (0.61, 0.05)
+        assert detector.provider == "CPUExecutionProvider"
+        frame = np.zeros((240, 320, 3), np.uint8)  # 4:3 into 5:3 -> 128x96 with 16 px pads
+        det = detector.detect(frame)
+        fit = detector.fit_for(320, 240)
+        assert fit.pad_x == 16
+        np.testing.assert_allclose(det.boxes, boxes_to_frame(BOXES, fit), atol=1e-4)
+        assert det.boxes[:, 0::2].max() <= 320 and det.boxes[:, 1::2].max() <= 240
+        # the model saw black content and grey (100) pads: its "feature" is that mean
+        assert det.feature.shape == (contract.FEATURE_DIM,)
+        assert det.feature[0] == pytest.approx(100 * (2 * 16) / W, rel=1e-4)
+        assert det.labels.tolist() == [1, 2] and det.probs.shape == (2, 3)
+        assert det.latency_s > 0 and detector.latency.summary()["count"] == 2  # + warm-up
+        records = det.to_records(info.class_names)
+        assert records[0]["class"] == "washer" and len(records[0]["box"]) == 4
+    finally:
+        detector.close()
+
+
+def test_zero_detections_work(tmp_path: Path) -> None:
+    detector = cpu_detector(contract_model(tmp_path / "m.onnx", boxes=np.zeros((0, 4))))
+    det = detector.detect(np.zeros((H, W, 3), np.uint8))
+    assert det.boxes.shape == (0, 4) and det.probs.shape == (0, 3) and len(det) == 0
+    assert det.to_records() == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"META_VERSION": None}, "'dal.model_version' is missing"),
+        ({"META_CLASSES": None}, "'dal.class_names' is missing"),
+        ({"META_WEIGHTS_SHA256": None}, "'dal.weights_sha256' is missing"),
+        ({"META_CONTRACT": "0"}, "this agent reads '1'"),
+        ({"META_INPUT_FORMAT": "float_chw"}, "expected 'uint8_hwc_rgb'"),
+        ({"META_INPUT_SIZE": "640by360"}, "WIDTHxHEIGHT"),
+        ({"META_INPUT_SIZE": "640x360"}, "expected tensor(uint8) [360, 640, 3]"),
+        ({"META_CLASSES": '["washer"]'}, "starting with '__background__'"),
+        ({"META_VAL_AP": "high"}, "not a number"),
+    ],
+)
+def test_metadata_is_checked_against_the_contract(
+    tmp_path: Path, changes: dict, needle: str
+) -> None:
+    path = contract_model(tmp_path / "bad.onnx", meta=metadata(**changes))
+    with pytest.raises(ModelError) as err:
+        cpu_detector(path)
+    assert str(path) in str(err.value) and needle in str(err.value)
+    assert "dal export" in (err.value.hint or "")
+
+
+def test_outputs_that_break_the_contract_are_refused(tmp_path: Path) -> None:
+    detector = cpu_detector(contract_model(tmp_path / "m.onnx", width=5), warmup=False)
+    with pytest.raises(ModelError, match="want \\[N, 3\\]"):
+        detector.detect(np.zeros((H, W, 3), np.uint8))
+
+
+def test_missing_or_corrupt_model_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        cpu_detector(tmp_path / "none.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"definitely not protobuf" * 10)
+    with pytest.raises(ModelError, match="cannot load"):
+        cpu_detector(junk)
+
+
+def test_watchdog_cancels_a_stuck_inference(tmp_path: Path) -> None:
+    path = contract_model(tmp_path / "slow.onnx", slow_matmuls=400)
+    detector = cpu_detector(path, timeout_s=0.2, warmup=False, threads=1)
+    started = time.monotonic()
+    with pytest.raises(InferenceTimeoutError, match=r"longer than 0\.2 s"):
+        detector.detect(np.zeros((H, W, 3), np.uint8))
+    assert time.monotonic() - started < 3.0
+    assert detector.latency.timeouts == 1
+    assert detector.broken is None  # onnxruntime stopped the run: the detector stays usable
+    detector.close()
+
+
+def test_default_providers_fall_back_to_what_is_available(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnxruntime as ort
+
+    with caplog.at_level(logging.INFO, logger="dal.agent.detector"):
+        detector = Detector(contract_model(tmp_path / "m.onnx"), warmup=False)
+    assert detector.provider in ort.get_available_providers()
+    assert detector.provider in caplog.text  # the provider in use is logged
+    detector.close()
+
+
+# ---- a real exported Faster R-CNN -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_exported_faster_rcnn_runs_in_the_agent(tiny_model: TinyModel) -> None:
+    """The session's tiny trained detector, exported by dal.exporter, through the agent."""
+    import onnxruntime as ort
+
+    from dal.coco import load_coco, read_image
+
+    detector = cpu_detector(tiny_model.onnx)
+    info = detector.info
+    assert info.input_size == (W, H) and info.class_names[0] == contract.BACKGROUND
+    assert info.version and len(info.weights_sha256) == 64
+    dataset = load_coco(tiny_model.val_json)
+    image = read_image(dataset.image_path(dataset.images[0]))
+    assert image.shape == (H, W, 3)
+
+    det = detector.detect(image)  # frame already at the model size: no resize, no padding
+    raw = ort.InferenceSession(str(tiny_model.onnx), providers=["CPUExecutionProvider"]).run(
+        None, {contract.INPUT_NAME: image}
+    )
+    np.testing.assert_allclose(det.boxes, np.clip(raw[0], 0, [W, H, W, H]), atol=1e-4)
+    assert det.feature.shape == (contract.FEATURE_DIM,) and np.isfinite(det.feature).all()
+    assert det.probs.shape == (len(det), len(info.class_names))
+    assert len(det) > 0, "a trained model should find something in a validation image"
+    np.testing.assert_allclose(det.probs.sum(axis=1), 1.0, atol=1e-3)
+    rows = det.probs[np.arange(len(det)), det.labels]
+    np.testing.assert_allclose(det.scores, rows, atol=1e-4)  # score = its class's probability
+
+    # the same picture at twice the size: area-resizing gives back the exact same input,
+    # so the boxes must come back exactly doubled
+    big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+    det2 = detector.detect(big)
+    np.testing.assert_allclose(det2.boxes, det.boxes * 2, atol=1e-3)
+    np.testing.assert_allclose(det2.feature, det.feature, atol=1e-5)
+    # a wider frame is letterboxed (grey bands above and below): boxes come back inside it
+    wide = np.zeros((2 * H, 3 * W, 3), np.uint8)
+    wide[:, W // 2 : W // 2 + 2 * W] = big
+    det3 = detector.detect(wide)
+    assert detector.fit_for(3 * W, 2 * H).pad_y > 0
+    assert det3.boxes[:, 0::2].min(initial=0) >= 0 and det3.boxes[:, 0::2].max(initial=0) <= 3 * W
+    assert det3.boxes[:, 1::2].min(initial=0) >= 0 and det3.boxes[:, 1::2].max(initial=0) <= 2 * H
+    detector.close()
