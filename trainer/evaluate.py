@@ -125,15 +125,15 @@ def evaluate(
 def load_predictor(model_path: Path, score_threshold: float | None) -> tuple[Predictor, list[str]]:
     """A Predictor and class names for a .pt checkpoint or an exported .onnx model."""
     if model_path.suffix == ".onnx":
-        from dal.agent.detector import OnnxDetector
+        from dal.agent.detector import Detector
 
-        detector = OnnxDetector(model_path)
+        detector = Detector(model_path)
 
         def predict_onnx(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             det = detector.detect(image)
             return det.boxes, det.labels, det.scores
 
-        return predict_onnx, list(detector.class_names)
+        return predict_onnx, list(detector.info.class_names[1:])
     from dal.trainer.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(model_path)
