@@ -20,6 +20,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dal.trainer.evaluate", "AP@[0.5:0.95], AP50, AP75 of a checkpoint or ONNX model"),
     "export": ("dal.exporter.export", "checkpoint -> ONNX detector with probs and P2 feature"),
     "render": ("dal.blender.render", "render a synthetic COCO training set from 3D meshes"),
+    "demo": ("dal.trainer.demo", "the active-learning loop end to end on generated data"),
+    "import-ycb": ("dal.ycb", "convert YCB-Video frames (color + box.txt) to COCO"),
+    "experiment": (
+        "dal.trainer.experiment",
+        "the paper's protocol: R vs S+R, strategies, k, seeds, cycles; table + plots",
+    ),
 }
 
 
