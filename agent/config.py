@@ -11,6 +11,7 @@ Relative paths (pool folder, model) are resolved against `[agent] data_dir` by `
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import ClassVar, Literal
 
 from dal import config as cfg
 from dal.config import doc
+from dal.errors import ConfigError, LinkError
+from dal.link.settings import MqttSection
 from dal.scoring import AGGREGATES, METHODS
 
 ColorResolution = Literal["720p", "1080p", "1440p", "1536p", "2160p", "3072p"]
@@ -37,7 +40,7 @@ class AgentSection:
         metadata=doc("Agent id used in MQTT topics and sample ids; empty = the host name."),
     )
     data_dir: Path = field(
-        default=Path("/var/lib/dal-agent"),
+        default=Path("/var/lib/dal"),
         metadata=doc(
             "Folder for the pool, outbox and models; relative paths elsewhere are resolved here."
         ),
@@ -303,9 +306,113 @@ class CycleConfig:
 
 
 @dataclass(frozen=True)
+class LinkSection:
+    enabled: bool = field(
+        default=True,
+        metadata=doc(
+            "Connect to the broker ([mqtt]); false = offline: the pool and cycles run, the "
+            "outbox keeps every selected sample until the link is enabled."
+        ),
+    )
+    ack_timeout_s: float = field(
+        default=30.0,
+        metadata=doc("Send a sample again when the trainer's ack takes longer.", min=0.1),
+    )
+    attempts: int = field(
+        default=3,
+        metadata=doc("Sends of one sample per round before moving on (it stays queued).", min=1),
+    )
+    retry_max_s: float = field(
+        default=60.0,
+        metadata=doc("Longest pause between shipping rounds while samples fail.", min=0.1),
+    )
+    window: int = field(
+        default=8, metadata=doc("Chunks of one sample in flight at a time.", min=1, max=64)
+    )
+    status_interval_s: float = field(
+        default=30.0,
+        metadata=doc("Publish the retained status this often (and on every change).", min=1.0),
+    )
+    metrics_interval_s: float = field(
+        default=10.0, metadata=doc("Publish metrics this often.", min=0.5)
+    )
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    enabled: bool = field(
+        default=True, metadata=doc("Follow the trainer's model manifest and install new models.")
+    )
+    public_key: Path | None = field(
+        default=None,
+        metadata=doc(
+            "The trainer's Ed25519 public key (PEM) that every model must be signed with; "
+            "unset = pushed models are refused."
+        ),
+    )
+    smoke_images: int = field(
+        default=8,
+        metadata=doc(
+            "Pooled images a new model must run on sanely before it is swapped in.", min=1
+        ),
+    )
+    max_latency_s: float = field(
+        default=5.0,
+        metadata=doc("Refuse a new model whose median smoke-test latency exceeds this.", min=0.01),
+    )
+    probation_frames: int = field(
+        default=20,
+        metadata=doc(
+            "Inferences after a swap during which a model failure rolls back to the previous "
+            "model (0 = no probation).",
+            min=0,
+        ),
+    )
+    keep_previous: int = field(
+        default=2,
+        metadata=doc("Earlier model files kept on disk besides the current one.", min=1),
+    )
+    max_model_mb: int = field(
+        default=2048, metadata=doc("Refuse manifests announcing a larger model.", min=1)
+    )
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    check_s: float = field(
+        default=0.5,
+        metadata=doc("How often the supervisor checks workers and reports.", min=0.05),
+    )
+    stall_s: float = field(
+        default=120.0,
+        metadata=doc(
+            "A worker silent for this long counts as stuck: systemd's watchdog is no longer fed.",
+            min=1.0,
+        ),
+    )
+    max_restarts: int = field(
+        default=5,
+        metadata=doc(
+            "A crashed worker is restarted at most this often per restart_window_s; then the "
+            "agent exits with an error (systemd restarts it).",
+            min=0,
+        ),
+    )
+    restart_window_s: float = field(
+        default=600.0, metadata=doc("Window of the restart limit.", min=1.0)
+    )
+    status_file_s: float = field(
+        default=2.0,
+        metadata=doc(
+            "Rewrite data_dir/status.json (read by `dal agent status`) this often.", min=0.1
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     ENV_PREFIX: ClassVar[str] = "DAL_AGENT"
-    TITLE: ClassVar[str] = "dal edge agent configuration (dal agent --config FILE)."
+    TITLE: ClassVar[str] = "dal edge agent configuration (dal agent run --config FILE)."
 
     agent: AgentSection = field(
         default_factory=AgentSection, metadata=doc("Identity and storage of this agent.")
@@ -334,6 +441,21 @@ class AgentConfig:
     cycle: CycleConfig = field(
         default_factory=CycleConfig, metadata=doc("When an active-learning cycle starts.")
     )
+    mqtt: MqttSection = field(
+        default_factory=MqttSection,
+        metadata=doc("The MQTT broker; agents log in with their agent id as user name."),
+    )
+    link: LinkSection = field(
+        default_factory=LinkSection, metadata=doc("How samples and reports use the link.")
+    )
+    update: UpdateConfig = field(
+        default_factory=UpdateConfig,
+        metadata=doc("Model updates from the trainer: verification, smoke test, swap, rollback."),
+    )
+    supervisor: SupervisorConfig = field(
+        default_factory=SupervisorConfig,
+        metadata=doc("Worker supervision, systemd watchdog and the status file."),
+    )
 
 
 def load_agent_config(
@@ -346,3 +468,14 @@ def load_agent_config(
 def resolve_path(config: AgentConfig, path: Path) -> Path:
     """A configured path; relative ones live under `[agent] data_dir`."""
     return path if path.is_absolute() else config.agent.data_dir / path
+
+
+def agent_id(config: AgentConfig) -> str:
+    """`[agent] id`, or the host name when it is empty; checked to be a valid topic level."""
+    from dal.link.topics import check_agent_id
+
+    name = config.agent.id or socket.gethostname().split(".")[0]
+    try:
+        return check_agent_id(name)
+    except LinkError as err:
+        raise ConfigError(f"[agent] id {name!r} cannot be an agent id", hint=err.hint) from None
