@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ctypes
 import json
 import logging
 import os
@@ -364,9 +365,34 @@ class _Worker:
         self._queue.put(None)
 
 
+# GPU providers and the driver library each needs at run time. onnxruntime-gpu lists them as
+# available even on a machine without a GPU, then fails loudly at session creation.
+_PROVIDER_LIBRARIES = {
+    "CUDAExecutionProvider": "libcuda.so.1",
+    "TensorrtExecutionProvider": "libnvinfer.so.10",
+}
+
+
+def _library_loads(name: str) -> bool:
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
+
+
 def choose_providers(wanted: tuple[str, ...] | list[str], available: list[str]) -> list[str]:
-    """Wanted providers that this onnxruntime build offers, in the wanted order (CPU last)."""
-    chosen = [p for p in wanted if p in available]
+    """Wanted providers that this onnxruntime build offers and this machine can run, in the
+    wanted order (CPU last)."""
+    chosen = []
+    for provider in wanted:
+        if provider not in available:
+            continue
+        library = _PROVIDER_LIBRARIES.get(provider)
+        if library and not _library_loads(library):
+            logger.info("skipping %s: %s is not installed", provider, library)
+            continue
+        chosen.append(provider)
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen

@@ -300,3 +300,15 @@ def test_exported_faster_rcnn_runs_in_the_agent(tiny_model: TinyModel) -> None:
     assert det3.boxes[:, 0::2].min(initial=0) >= 0 and det3.boxes[:, 0::2].max(initial=0) <= 3 * W
     assert det3.boxes[:, 1::2].min(initial=0) >= 0 and det3.boxes[:, 1::2].max(initial=0) <= 2 * H
     detector.close()
+
+
+def test_gpu_providers_without_their_driver_are_skipped() -> None:
+    """onnxruntime-gpu offers CUDA even without a GPU; choosing it then fails at load."""
+    from dal.agent.detector import _library_loads, choose_providers
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    expected = both if _library_loads("libcuda.so.1") else ["CPUExecutionProvider"]
+    assert choose_providers(both, both) == expected
+    assert choose_providers(["CUDAExecutionProvider"], ["CPUExecutionProvider"]) == [
+        "CPUExecutionProvider"
+    ]
