@@ -21,11 +21,23 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("dal.exporter.export", "checkpoint -> ONNX detector with probs and P2 feature"),
     "render": ("dal.blender.render", "render a synthetic COCO training set from 3D meshes"),
     "demo": ("dal.trainer.demo", "the active-learning loop end to end on generated data"),
+    "agent": (
+        "dal.agent.cli",
+        "the edge daemon: capture, score, pool, query, ship, hot-swap models",
+    ),
     "import-ycb": ("dal.ycb", "convert YCB-Video frames (color + box.txt) to COCO"),
     "experiment": (
         "dal.trainer.experiment",
         "the paper's protocol: R vs S+R, strategies, k, seeds, cycles; table + plots",
     ),
+    "trainer": (
+        "dal.trainer.cli",
+        "central service: ingest samples, fine-tune, gate, sign and publish models",
+    ),
+    "label": ("dal.trainer.label_cli", "export/import labels: COCO, CVAT COCO 1.0, Label Studio"),
+    "models": ("dal.trainer.models_cli", "model registry: list, show, promote, rollback"),
+    "keys": ("dal.trainer.keys_cli", "generate the Ed25519 key pair that signs models"),
+    "monitor": ("dal.trainer.monitor", "live view of every agent from the MQTT topics"),
 }
 
 

@@ -143,6 +143,15 @@ TOPICS: tuple[TopicSpec, ...] = (
         "TrainerStatus",
         "online/offline (offline is the Last Will), current model, stored samples",
     ),
+    TopicSpec(
+        "trainer_metrics",
+        "trainer/metrics",
+        TRAINER,
+        0,
+        False,
+        "Metrics",
+        "periodic numbers of the trainer: samples, labelled, queue, job running",
+    ),
 )
 
 _BY_NAME = {spec.name: spec for spec in TOPICS}

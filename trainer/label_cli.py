@@ -1,0 +1,145 @@
+"""Labels in and out of the trainer: COCO, CVAT "COCO 1.0" and Label Studio.
+
+  dal label queue  --config trainer.toml [--limit 25] [--sheet queue.jpg]
+      unlabelled samples, most informative first (file, agent, score, the model's boxes)
+  dal label export --config trainer.toml --format coco|cvat|labelstudio --out DIR
+      [--which all|labelled|unlabelled] [--images copy|link|none] [--predictions]
+      a folder for the labelling tool: images/ plus annotations.json (COCO),
+      annotations.zip (CVAT: create the task from images/, then upload annotations as
+      "COCO 1.0") or tasks.json + label_config.xml (Label Studio, with the model's
+      detections as predictions)
+  dal label import FILE --config trainer.toml [--format auto] [--dry-run]
+      the file the tool exported back: COCO/CVAT JSON or zip, or Label Studio's JSON export.
+      Checked completely first; nothing is stored unless every entry is good.
+
+New labels start a fine-tune job once they settle ([finetune] auto). See docs/trainer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from dal.trainer.cli import add_config_argument
+from dal.trainer.config import load_trainer_config
+from dal.trainer.jobs import JobContext
+from dal.trainer.labels import DEFAULT_URL_PREFIX, FORMATS, IMAGE_MODES, WHICH
+from dal.trainer.store import Sample
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    queue = sub.add_parser("queue", help="list unlabelled samples, most informative first")
+    add_config_argument(queue)
+    queue.add_argument("--limit", type=int, default=25)
+    queue.add_argument("--json", action="store_true", help="JSON instead of a table")
+    queue.add_argument("--sheet", type=Path, help="write a JPEG/PNG sheet of them with the boxes")
+    export = sub.add_parser("export", help="write samples and labels for a labelling tool")
+    add_config_argument(export)
+    export.add_argument("--format", choices=FORMATS, required=True)
+    export.add_argument("--out", type=Path, required=True, help="output folder")
+    export.add_argument("--which", choices=WHICH, default="all")
+    export.add_argument("--images", choices=IMAGE_MODES, default="copy")
+    export.add_argument(
+        "--predictions",
+        action="store_true",
+        help="COCO/CVAT: the model's boxes as pre-annotations on unlabelled images",
+    )
+    export.add_argument("--min-score", type=float, default=0.3, help="for predictions")
+    export.add_argument(
+        "--url-prefix", default=DEFAULT_URL_PREFIX, help="Label Studio: image URL before the name"
+    )
+    imp = sub.add_parser("import", help="store labels from a labelling tool's export")
+    imp.add_argument("file", type=Path)
+    add_config_argument(imp)
+    imp.add_argument("--format", choices=("auto", *FORMATS), default="auto")
+    imp.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="skip images that are no sample of this trainer",
+    )
+    imp.add_argument("--dry-run", action="store_true", help="check the file, store nothing")
+
+
+def _queue(ctx: JobContext, args: argparse.Namespace) -> int:
+    samples = ctx.store.queue(args.limit)
+    names = ctx.class_names()
+    if args.json:
+        rows = [
+            {
+                "sample_id": s.sample_id,
+                "agent": s.agent,
+                "score": s.score,
+                "file": str(s.path),
+                "captured_at": s.captured_at,
+                "detections": len(s.detections),
+            }
+            for s in samples
+        ]
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{ctx.store.counts().unlabelled} unlabelled; the {len(samples)} most informative:")
+        for s in samples:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.captured_at))
+            print(f"{s.score:8.3f}  {s.agent:<12} {when}  {len(s.detections):3d} boxes  {s.path}")
+    if args.sheet and samples:
+        _sheet(samples, names, args.sheet)
+        print(f"sheet: {args.sheet}")
+    return 0
+
+
+def _sheet(samples: list[Sample], class_names: tuple[str, ...], path: Path) -> None:
+    import numpy as np
+
+    from dal.coco import read_image
+    from dal.drawing import contact_sheet, draw_detections
+
+    tiles, captions = [], []
+    for s in samples:
+        boxes = np.asarray([d["box"] for d in s.detections], dtype=np.float64).reshape(-1, 4)
+        labels = [int(d["label"]) for d in s.detections]
+        scores = [float(d["score"]) for d in s.detections]
+        tiles.append(
+            draw_detections(read_image(s.path), boxes, labels, scores, ["bg", *class_names])
+        )
+        captions.append(f"{s.score:.2f} {s.sample_id}")
+    contact_sheet(tiles, columns=5, tile_width=240, captions=captions).save(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dal.trainer.labels import export_labels, import_labels
+
+    config = load_trainer_config(args.config)
+    with JobContext.open(config) as ctx:
+        if args.action == "queue":
+            return _queue(ctx, args)
+        if args.action == "export":
+            result = export_labels(
+                ctx.store,
+                args.out,
+                args.format,
+                ctx.class_names(),
+                args.which,
+                args.images,
+                args.predictions,
+                args.min_score,
+                args.url_prefix,
+            )
+            print(f"exported {result.images} images ({result.labelled} labelled) to {result.path}")
+            return 0
+        result = import_labels(
+            args.file,
+            ctx.store,
+            ctx.class_names() or None,
+            args.format,
+            args.allow_unknown,
+            args.dry_run,
+        )
+        verb = "checked" if args.dry_run else "stored"
+        print(
+            f"{verb} labels for {len(result.labels)} samples ({result.fmt}); "
+            f"{result.unlabelled} without labels, {len(result.unknown)} unknown images skipped"
+        )
+        return 0
