@@ -1,0 +1,488 @@
+"""Which model the agent runs: the model store on disk, and verified hot swaps with rollback.
+
+Store layout under `data_dir/models`:
+
+    versions/<version>.onnx    every kept model file
+    current  -> versions/...   the model in use (symlink, replaced atomically)
+    previous -> versions/...   the one before it: the rollback target
+    incoming/                  ModelDownloader's partial and verified downloads
+    refused.json               (version, sha256) pairs never to try again, with the reason
+    configured.json            which `[detector] model` file was last imported
+
+A symlink is swapped with os.replace of a new link, so after a crash `current` names either
+the old or the new model, never half of one.
+
+An update (`ModelManager.apply_update`) is refused unless every step passes, and the old
+model keeps serving meanwhile: the manifest's Ed25519 signature and the file's sha256 (again:
+the file sat on disk), onnxruntime loads it and it follows the detector contract, the model's
+own version equals the manifest's, and a smoke test on pooled images gives sane outputs
+(finite, probabilities that sum to one, labels in range, a non-zero feature) within the
+latency bound. Only then is it swapped in, under the inference lock. The previous detector
+stays loaded for `probation_frames` inferences: a model error in that window rolls back to it
+at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from dal.agent.config import DetectorConfig
+from dal.agent.detector import Detections, Detector
+from dal.errors import DalError, LinkError, ModelError, StorageError
+from dal.fileio import atomic_write_json, sha256_file
+from dal.link.messages import ModelManifest
+from dal.link.signing import verify_manifest
+
+logger = logging.getLogger(__name__)
+
+ReportFn = Callable[[str, str, dict[str, Any]], None]  # (event kind, message, data)
+
+PROB_TOLERANCE = 1e-3
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        logger.debug("fsync of %s skipped: %s", folder, err)
+    finally:
+        os.close(fd)
+
+
+class ModelStore:
+    """Model files and the current/previous links; see the module docstring."""
+
+    def __init__(self, root: str | os.PathLike[str], keep_previous: int = 2) -> None:
+        self.root = Path(root)
+        self.versions = self.root / "versions"
+        self.incoming = self.root / "incoming"
+        self.keep_previous = keep_previous
+        try:
+            self.versions.mkdir(parents=True, exist_ok=True)
+            self.incoming.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(
+                f"cannot create the model store {self.root}: {err.strerror}",
+                hint="check [agent] data_dir and its permissions",
+            ) from None
+        self._refused_path = self.root / "refused.json"
+        self._configured_path = self.root / "configured.json"
+
+    def path_for(self, version: str) -> Path:
+        return self.versions / f"{version}.onnx"
+
+    def _target(self, name: str) -> Path | None:
+        link = self.root / name
+        if not link.is_symlink():
+            return None
+        target = (self.root / os.readlink(link)).resolve()
+        return target if target.is_file() else None
+
+    def current(self) -> Path | None:
+        return self._target("current")
+
+    def previous(self) -> Path | None:
+        return self._target("previous")
+
+    def _link(self, name: str, target: Path) -> None:
+        tmp = self.root / f".{name}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(os.path.relpath(target, self.root), tmp)
+        os.replace(tmp, self.root / name)
+        _fsync_dir(self.root)
+
+    def install(self, source: Path, version: str, move: bool = False) -> Path:
+        """Put a model file into versions/ under its version (copy, or move when it is ours)."""
+        target = self.path_for(version)
+        try:
+            if move:
+                os.replace(source, target)
+            else:
+                tmp = target.with_name(f".{target.name}.tmp")
+                shutil.copyfile(source, tmp)
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(tmp, target)
+            _fsync_dir(self.versions)
+        except OSError as err:
+            raise StorageError(
+                f"cannot store model {version} in {self.versions}: {err.strerror}",
+                hint="free disk space under data_dir",
+            ) from None
+        return target
+
+    def activate(self, version: str) -> None:
+        """Make `version` current; the old current becomes previous."""
+        target = self.path_for(version)
+        if not target.is_file():
+            raise StorageError(f"model {version} is not in {self.versions}")
+        old = self.current()
+        if old is not None and old != target.resolve():
+            self._link("previous", old)
+        self._link("current", target)
+        self.prune()
+
+    def rollback(self) -> Path | None:
+        """Make previous current again; None (nothing changed) when there is no previous."""
+        previous = self.previous()
+        if previous is None:
+            return None
+        self._link("current", previous)
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "previous").unlink()
+        return previous
+
+    def prune(self) -> list[Path]:
+        """Delete model files beyond current, previous and the newest `keep_previous` others."""
+        files = sorted(
+            (p for p in self.versions.glob("*.onnx") if p.is_file()),
+            key=lambda p: p.stat().st_mtime_ns,
+            reverse=True,
+        )
+        keep = {p for p in (self.current(), self.previous()) if p is not None}
+        others = [p for p in files if p.resolve() not in keep]
+        removed = others[self.keep_previous :]
+        for path in removed:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                logger.info("model store: removed old model %s", path.name)
+        return removed
+
+    # -- refused models and the configured start model -----------------------------------------
+
+    def _read_json(self, path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            logger.warning("model store: ignoring unreadable %s: %s", path, err)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def refuse(self, version: str, sha256: str, reason: str) -> None:
+        refused = self._read_json(self._refused_path)
+        refused[f"{version}:{sha256}"] = {"reason": reason, "time": time.time()}
+        atomic_write_json(self._refused_path, refused)
+
+    def is_refused(self, version: str, sha256: str) -> bool:
+        return f"{version}:{sha256}" in self._read_json(self._refused_path)
+
+    @staticmethod
+    def _fingerprint(path: Path) -> dict[str, Any]:
+        st = path.stat()
+        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def configured_changed(self, path: Path) -> bool:
+        """Is `[detector] model` a different file (or changed) since it was last imported?"""
+        return self._read_json(self._configured_path) != self._fingerprint(path)
+
+    def remember_configured(self, path: Path) -> None:
+        atomic_write_json(self._configured_path, self._fingerprint(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# smoke test
+
+
+def output_problem(d: Detections, num_classes: int) -> str | None:
+    """What is insane about one inference's outputs, or None. Pure."""
+    arrays = {"boxes": d.boxes, "scores": d.scores, "probs": d.probs, "feature": d.feature}
+    for name, values in arrays.items():
+        if not np.isfinite(values).all():
+            return f"{name} contain NaN or infinity"
+    if len(d):
+        if d.probs.min() < -PROB_TOLERANCE or d.probs.max() > 1 + PROB_TOLERANCE:
+            return "probs outside [0, 1]"
+        sums = d.probs.sum(axis=1)
+        if np.abs(sums - 1.0).max() > PROB_TOLERANCE:
+            return f"probability rows sum to {float(sums.min()):.4f}..{float(sums.max()):.4f}"
+        if d.labels.min() < 1 or d.labels.max() > num_classes:
+            return f"labels outside 1..{num_classes}"
+        if d.scores.min() < -PROB_TOLERANCE or d.scores.max() > 1 + PROB_TOLERANCE:
+            return "scores outside [0, 1]"
+    return None
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    images: int
+    median_latency_s: float
+    detections: int
+
+
+def smoke_test(
+    detector: Detector, images: Sequence[np.ndarray], max_latency_s: float
+) -> SmokeReport:
+    """Run `detector` on `images` (a grey frame if there are none); ModelError says what failed."""
+    if not images:
+        w, h = detector.info.input_size
+        images = [np.full((h, w, 3), 114, np.uint8)]
+    latencies: list[float] = []
+    boxes = 0
+    feature_seen = False
+    for i, image in enumerate(images):
+        d = detector.detect(image)
+        problem = output_problem(d, detector.info.num_classes)
+        if problem:
+            raise ModelError(f"smoke test image {i}: {problem}")
+        latencies.append(d.latency_s)
+        boxes += len(d)
+        feature_seen = feature_seen or bool(np.any(d.feature))
+    if not feature_seen:
+        raise ModelError("smoke test: the feature is all zeros on every image")
+    median = statistics.median(latencies)
+    if median > max_latency_s:
+        raise ModelError(
+            f"smoke test: median latency {median:.3f} s exceeds the bound {max_latency_s:g} s",
+            hint="raise [update] max_latency_s, or publish a lighter model",
+        )
+    return SmokeReport(len(images), median, boxes)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model in use
+
+
+@dataclass(frozen=True, eq=False)
+class ActiveModel:
+    detector: Detector
+    version: str
+    path: Path
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.detector.info.class_names
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    ok: bool
+    version: str
+    message: str
+    data: dict[str, Any]
+
+
+class ModelManager:
+    """The active model, swaps and rollbacks. `infer` is the only way frames reach a model."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        detector_config: DetectorConfig,
+        *,
+        public_key: Ed25519PublicKey | None = None,
+        max_latency_s: float = 5.0,
+        probation_frames: int = 20,
+        report: ReportFn | None = None,
+    ) -> None:
+        self.store = store
+        self.detector_config = detector_config
+        self.public_key = public_key
+        self.max_latency_s = max_latency_s
+        self.probation_frames = probation_frames
+        self._report = report or (lambda kind, message, data: None)
+        self._lock = threading.RLock()  # one inference at a time; swaps wait for it
+        self._active: ActiveModel | None = None
+        self._previous: ActiveModel | None = None  # kept loaded during probation
+        self._probation_left = 0
+        self.last_outcome: dict[str, Any] | None = None
+        self.changed = threading.Event()  # set on every swap/rollback (the pool gets rescored)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> ActiveModel | None:
+        return self._active
+
+    @property
+    def version(self) -> str | None:
+        active = self._active
+        return active.version if active else None
+
+    def _load(self, path: Path) -> Detector:
+        return Detector.from_config(path, self.detector_config)
+
+    def load_initial(self, configured: Path | None) -> ActiveModel | None:
+        """Start-up: a newly configured `[detector] model` wins, else the store's current
+        model (falling back to previous when it no longer loads); None when there is none."""
+        if configured is not None and self.store.configured_changed(configured):
+            detector = self._load(configured)
+            version = detector.info.version
+            path = self.store.install(configured, version)
+            self.store.activate(version)
+            self.store.remember_configured(configured)
+            logger.info("imported configured model %s as version %s", configured, version)
+            self._active = ActiveModel(detector, version, path)
+            return self._active
+        current = self.store.current()
+        if current is None:
+            return None
+        try:
+            detector = self._load(current)
+        except ModelError as err:
+            previous = self.store.rollback()
+            if previous is None:
+                raise
+            logger.error("current model %s does not load (%s); rolled back", current, err)
+            self._report("model_rolled_back", str(err), {"failed": current.stem})
+            detector = self._load(previous)
+            current = previous
+        self._active = ActiveModel(detector, detector.info.version, current)
+        return self._active
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def infer(self, image: np.ndarray) -> tuple[Detections, ActiveModel]:
+        """Detections from the active model; a failure in probation rolls back, then re-raises."""
+        with self._lock:
+            active = self._active
+            if active is None:
+                raise ModelError("no model loaded yet", hint="set [detector] model or push one")
+            try:
+                detections = active.detector.detect(image)
+            except ModelError as err:
+                if self._probation_left > 0 and self._previous is not None:
+                    self._roll_back(f"failed in probation: {err}")
+                raise
+            if self._probation_left > 0:
+                self._probation_left -= 1
+                if self._probation_left == 0:
+                    self._end_probation()
+            return detections, active
+
+    def _end_probation(self) -> None:
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            previous.detector.close()
+            logger.info("model %s passed probation", self.version)
+
+    def _roll_back(self, reason: str) -> None:
+        """Back to the previous model (lock held)."""
+        failed, previous = self._active, self._previous
+        if failed is None or previous is None:
+            return
+        try:
+            self.store.rollback()
+        except OSError as err:
+            logger.error("model store rollback failed: %s", err)
+        self.store.refuse(failed.version, sha256_file(failed.path), reason)
+        self._active, self._previous, self._probation_left = previous, None, 0
+        failed.detector.close()
+        logger.error("model %s rolled back to %s: %s", failed.version, previous.version, reason)
+        self._outcome(False, failed.version, reason, {"restored": previous.version})
+        self._report(
+            "model_rolled_back",
+            f"model {failed.version} rolled back to {previous.version}: {reason}",
+            {"version": failed.version, "restored": previous.version, "reason": reason},
+        )
+        self.changed.set()
+
+    # -- updates -------------------------------------------------------------------------------
+
+    def wants(self, manifest: ModelManifest) -> bool:
+        """Download this manifest? Not the version in use, not one refused before."""
+        if manifest.version == self.version:
+            return False
+        return not self.store.is_refused(manifest.version, manifest.sha256)
+
+    def _outcome(self, ok: bool, version: str, message: str, data: dict[str, Any]) -> None:
+        self.last_outcome = {"ok": ok, "version": version, "message": message, "time": time.time()}
+        self.last_outcome.update(data)
+
+    def refuse(self, manifest: ModelManifest, reason: str) -> UpdateOutcome:
+        """Record and report a refused model (also for download failures)."""
+        self.store.refuse(manifest.version, manifest.sha256, reason)
+        logger.warning("model %s refused: %s", manifest.version, reason)
+        data = {"version": manifest.version, "reason": reason, "running": self.version}
+        self._outcome(False, manifest.version, reason, {"running": self.version})
+        self._report("model_refused", f"model {manifest.version} refused: {reason}", data)
+        return UpdateOutcome(False, manifest.version, reason, data)
+
+    def _verify(self, manifest: ModelManifest, path: Path) -> None:
+        if self.public_key is None:
+            raise LinkError("no trusted public key configured", hint="set [update] public_key")
+        verify_manifest(manifest, self.public_key)
+        digest = sha256_file(path)
+        if digest != manifest.sha256:
+            raise LinkError(f"sha256 of the file is {digest}, the manifest says {manifest.sha256}")
+
+    def _candidate(
+        self, manifest: ModelManifest, path: Path, images: Sequence[np.ndarray]
+    ) -> tuple[Detector, SmokeReport]:
+        detector = self._load(path)
+        try:
+            if detector.info.version != manifest.version:
+                raise ModelError(
+                    f"the model's metadata says version {detector.info.version!r}, the "
+                    f"manifest {manifest.version!r}",
+                    hint="publish the model under its own version",
+                )
+            report = smoke_test(detector, images, self.max_latency_s)
+        except BaseException:
+            detector.close()
+            raise
+        return detector, report
+
+    def apply_update(
+        self, manifest: ModelManifest, path: Path, images: Sequence[np.ndarray]
+    ) -> UpdateOutcome:
+        """Verify, load, smoke-test and swap in a downloaded model; see the module docstring."""
+        try:
+            self._verify(manifest, path)
+            detector, report = self._candidate(manifest, path, images)
+        except (DalError, OSError) as err:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return self.refuse(manifest, str(err))
+        try:
+            stored = self.store.install(path, manifest.version, move=True)
+            with self._lock:
+                self.store.activate(manifest.version)
+                old = self._active
+                if self._previous is not None:  # a swap during probation: drop the older one
+                    self._previous.detector.close()
+                self._active = ActiveModel(detector, manifest.version, stored)
+                self._previous = old if self.probation_frames > 0 else None
+                self._probation_left = self.probation_frames if old is not None else 0
+                if old is not None and self._previous is None:
+                    old.detector.close()
+        except (StorageError, OSError) as err:
+            detector.close()
+            return self.refuse(manifest, f"cannot install it: {err}")
+        previous_version = old.version if old else None
+        data = {
+            "version": manifest.version,
+            "previous": previous_version,
+            "smoke_images": report.images,
+            "smoke_latency_s": round(report.median_latency_s, 4),
+        }
+        message = f"model {manifest.version} swapped in (was {previous_version})"
+        logger.info("%s; smoke test %s", message, data)
+        self._outcome(True, manifest.version, message, data)
+        self._report("model_swapped", message, data)
+        self.changed.set()
+        return UpdateOutcome(True, manifest.version, message, data)
+
+    def close(self) -> None:
+        with self._lock:
+            for model in (self._active, self._previous):
+                if model is not None:
+                    model.detector.close()
+            self._active = self._previous = None
