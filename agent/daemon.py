@@ -43,7 +43,6 @@ from dal.agent.config import AgentConfig, agent_id, resolve_path
 from dal.agent.cycle import COMMAND, DRIFT, CycleTrigger, QuerySettings, run_cycle
 from dal.agent.detector import Detections
 from dal.agent.model_update import ActiveModel, ModelManager, ModelStore
-from dal.agent.notify import Notifier
 from dal.agent.outbox import Outbox, Shipper
 from dal.agent.policy import DriftMonitor, DriftReport, KeepPolicy, ReferenceStats
 from dal.agent.pool import Pool, Scored, decode_jpeg
@@ -66,6 +65,7 @@ from dal.link import (
     agent_will,
 )
 from dal.link.signing import load_public_key
+from dal.notify import Notifier
 from dal.scoring import image_score
 
 logger = logging.getLogger(__name__)

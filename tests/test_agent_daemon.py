@@ -32,12 +32,12 @@ from model_fixtures import TinyModel
 from dal.agent.config import CycleConfig
 from dal.agent.cycle import COMMAND, DRIFT, POOL_GROWTH, TIMER, CycleTrigger, decide
 from dal.agent.daemon import AgentDaemon, Worker
-from dal.agent.notify import Notifier
 from dal.agent.outbox import ACKED, REJECTED, Outbox
 from dal.agent.pool import POOLED, QUEUED, SHIPPED, Pool
 from dal.errors import StorageError
 from dal.link import TOPICS, Ack, Command, Link, topic
 from dal.link.topics import AGENT as AGENT_PUBLISHER
+from dal.notify import Notifier
 from dal.strategies import select
 
 pytestmark = pytest.mark.timeout(180)

@@ -16,9 +16,7 @@ a sample is acked as soon as the store made it durable.
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from dataclasses import asdict
@@ -40,6 +38,7 @@ from dal.link import (
     trainer_will,
 )
 from dal.link.topics import TOPICS
+from dal.notify import Notifier
 from dal.trainer import jobs
 from dal.trainer.config import TrainerConfig, optional_path, resolve_path
 from dal.trainer.labels import GroundTruthOracle
@@ -377,35 +376,6 @@ class TrainerService:
 # systemd
 
 
-def sd_notify(message: str) -> bool:
-    """Send one sd_notify message (READY=1, WATCHDOG=1, STATUS=...); False outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract socket namespace
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as err:
-        logger.warning("sd_notify(%s) failed: %s", message.split("=")[0], err)
-        return False
-    return True
-
-
-def watchdog_interval_s() -> float | None:
-    """Half of systemd's WatchdogSec (WATCHDOG_USEC), or None when there is no watchdog."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    try:
-        return max(0.5, int(usec) / 2e6)
-    except ValueError:
-        return None
-
-
 def serve(config: TrainerConfig, stop: threading.Event | None = None) -> int:
     """`dal trainer serve`: run until SIGTERM/SIGINT (or `stop`), ping the watchdog while
     healthy, exit non-zero if the service stops being healthy (systemd restarts it)."""
@@ -413,10 +383,12 @@ def serve(config: TrainerConfig, stop: threading.Event | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    sd_notify("STATUS=starting: opening the store, releasing the current model")
+    notifier = Notifier()
+    notifier.status("starting: opening the store, releasing the current model")
     service = TrainerService(config).start()
-    sd_notify("READY=1")
-    beat = watchdog_interval_s() or 5.0
+    notifier.ready()
+    # ping at half systemd's watchdog period so one late beat does not get us killed
+    beat = max(0.5, notifier.watchdog_s / 2) if notifier.watchdog_s else 5.0
     code = 0
     try:
         while not stop.wait(beat):
@@ -424,10 +396,11 @@ def serve(config: TrainerConfig, stop: threading.Event | None = None) -> int:
                 logger.error("trainer service is unhealthy (a thread died or hangs); exiting")
                 code = 1
                 break
-            sd_notify("WATCHDOG=1")
+            notifier.watchdog()
             counts = service.store.counts()
-            sd_notify(f"STATUS={counts.samples} samples, {counts.unlabelled} unlabelled")
+            notifier.status(f"{counts.samples} samples, {counts.unlabelled} unlabelled")
     finally:
-        sd_notify("STOPPING=1")
+        notifier.stopping()
         service.stop()
+        notifier.close()
     return code
