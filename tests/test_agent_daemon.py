@@ -565,7 +565,7 @@ def test_agent_over_tls_with_password_under_the_example_acl(
     """The agent's every topic (status, events, samples, acks, commands, model manifest) works
     under systemd/mosquitto-dal.conf: TLS, a password, and the per-agent ACL."""
     from broker import free_port, start_broker_for, write_password_file
-    from test_link_client import make_tls_files
+    from tls_files import make_tls_files
 
     from dal.link import LinkConfig
 
