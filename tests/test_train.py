@@ -110,3 +110,20 @@ def test_a_pickled_object_is_not_executed(tmp_path: Path) -> None:
     torch.save({"format": "dal-checkpoint-1", "payload": Path("/etc/passwd")}, evil)
     with pytest.raises(ModelError, match=r"evil\.pt"):
         load_checkpoint(evil)
+
+
+def test_augmentation_repeats_for_a_seed_and_keeps_boxes_inside() -> None:
+    import numpy as np
+
+    from dal.trainer.data import training_augmentation
+
+    image = np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 60, 60], [100, 40, 150, 90]], np.float32)
+    runs = []
+    for _ in range(2):
+        augment = training_augmentation(seed=3)
+        runs.append([augment(image=image, bboxes=boxes, labels=np.array([1, 2])) for _ in range(5)])
+    for first, second in zip(*runs, strict=True):
+        assert np.array_equal(first["image"], second["image"])
+        out = np.asarray(first["bboxes"]).reshape(-1, 4)
+        assert (out[:, :2] >= 0).all() and (out[:, 2] <= 160).all() and (out[:, 3] <= 96).all()

@@ -14,8 +14,11 @@ from torch.utils.data import Dataset
 from dal.coco import CocoDataset, check_image_size, read_image
 
 
-def training_augmentation(strength: float = 1.0) -> A.Compose:
-    """Flip, colour jitter, Gaussian noise and blur, shift/scale: the paper's set."""
+def training_augmentation(strength: float = 1.0, seed: int | None = None) -> A.Compose:
+    """Flip, colour jitter, Gaussian noise and blur, shift/scale: the paper's set.
+
+    Albumentations keeps its own random state (global seeds do not reach it): pass `seed` for
+    runs that repeat exactly."""
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
@@ -38,6 +41,7 @@ def training_augmentation(strength: float = 1.0) -> A.Compose:
         bbox_params=A.BboxParams(
             format="pascal_voc", label_fields=["labels"], min_visibility=0.3, min_area=16
         ),
+        seed=seed,
     )
 
 

@@ -150,7 +150,7 @@ def save_grid(kept: list, class_names: list[str], path: Path, min_score: float =
     for image, (boxes, labels, scores) in kept:
         keep = scores >= min_score
         tiles.append(
-            draw_detections(image, boxes[keep], labels[keep], scores[keep], ["bg", *class_names])
+            draw_detections(image, boxes[keep], labels[keep], scores[keep], class_names)
         )
     contact_sheet(tiles, columns=4).save(path)
 

@@ -219,7 +219,7 @@ def train(settings: TrainSettings) -> TrainResult:
         trainable / 1e6,
     )
 
-    augment = training_augmentation() if settings.augment else None
+    augment = training_augmentation(seed=settings.seed) if settings.augment else None
     dataset = CocoDetection(train_set, augment)
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(
