@@ -25,7 +25,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from dal.agent.pool import Pool, PoolSample
 from dal.errors import LinkError, StorageError
 from dal.link.messages import Ack, Detection, SampleHeader
 from dal.link.transfer import TransferSender
+from dal.sqlite_tx import immediate_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -136,20 +137,8 @@ class Outbox:
             hint="check free disk space; `dal agent status` runs an integrity check",
         )
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(err, sqlite3.Error):
-                    raise self._error(err) from None
-                raise
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._conn, self._lock, self._error)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:

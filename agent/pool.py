@@ -48,6 +48,7 @@ from PIL import Image
 from dal.contract import FEATURE_DIM
 from dal.errors import DalError, StorageError
 from dal.fileio import atomic_write_bytes
+from dal.sqlite_tx import immediate_transaction
 from dal.strategies import Candidates
 
 logger = logging.getLogger(__name__)
@@ -245,21 +246,10 @@ class Pool:
             raise _storage_error(err, self.db_path) from None
         return conn
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT under the lock; any sqlite error rolls back."""
-        with self._lock:
-            conn = self.connection
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(err, sqlite3.Error):
-                    raise _storage_error(err, self.db_path) from None
-                raise
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(
+            self.connection, self._lock, lambda err: _storage_error(err, self.db_path)
+        )
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:

@@ -26,13 +26,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dal.errors import ModelError, StorageError
 from dal.link.messages import ModelManifest
+from dal.sqlite_tx import immediate_transaction
 
 DB_NAME = "registry.db"
 STATES = ("candidate", "current", "previous", "archived", "rejected", "failed")
@@ -132,16 +132,8 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self._lock)
 
     @staticmethod
     def _log(db: sqlite3.Connection, version: str, action: str, detail: str = "") -> None:
