@@ -97,6 +97,10 @@ def test_garbage_on_every_subscribed_topic_is_counted_and_nothing_breaks(
     agent.subscribe_message(
         agent.topic("trainer_status"), TrainerStatus, lambda t, m: seen["trainer"].append(m)
     )
+    # what `dal monitor` reads besides the agents' topics
+    agent.subscribe_message(
+        agent.topic("trainer_metrics"), Metrics, lambda t, m: seen["trainer"].append(m)
+    )
 
     garbage = [
         os.urandom(200),

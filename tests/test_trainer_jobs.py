@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from trainer_samples import put_sample
 
@@ -65,14 +66,15 @@ def test_a_worse_model_is_not_promoted(tiny_model, tmp_path: Path) -> None:
     with JobContext.open(config) as ctx:
         initial = adopt_initial(ctx, tiny_model.checkpoint)
         assert ctx.registry.current().version == initial.version
-        # a labeller mixed the two classes up on every image
+        # a careless labeller: classes mixed up and every box drawn in the empty top-left corner
         train = load_coco(tiny_model.train_json)
         swap = {"washer": "l_bracket", "l_bracket": "washer"}
         labels = []
         for rec in train.images[:8]:
             header = put_sample(ctx.store, train.image_path(rec).read_bytes(), tmp_path / "spool")
             classes = tuple(swap[train.categories[int(c)]] for c in rec.category_ids)
-            labels.append(Label(header.sample_id, rec.boxes, classes, "coco"))
+            wrong = np.tile(np.array([[1, 1, 14, 14]], np.float32), (len(rec.boxes), 1))
+            labels.append(Label(header.sample_id, wrong, classes, "coco"))
         ctx.store.set_labels(labels)
 
         result = run_finetune(ctx)
