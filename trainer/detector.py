@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,7 +52,6 @@ class DetectorConfig:
     # Pretrained backbones keep their BatchNorm statistics frozen; stored so that a checkpoint
     # rebuilds with the same layer types.
     frozen_batchnorm: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
