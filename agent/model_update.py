@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from dal.agent.config import DetectorConfig
 from dal.agent.detector import Detections, Detector
 from dal.errors import DalError, LinkError, ModelError, StorageError
-from dal.fileio import atomic_write_json, sha256_file
+from dal.fileio import atomic_write_json, fsync_dir, sha256_file
 from dal.link.messages import ModelManifest
 from dal.link.signing import verify_manifest
 
@@ -52,16 +52,6 @@ logger = logging.getLogger(__name__)
 ReportFn = Callable[[str, str, dict[str, Any]], None]  # (event kind, message, data)
 
 PROB_TOLERANCE = 1e-3
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        logger.debug("fsync of %s skipped: %s", folder, err)
-    finally:
-        os.close(fd)
 
 
 class ModelStore:
@@ -105,7 +95,7 @@ class ModelStore:
             tmp.unlink()
         os.symlink(os.path.relpath(target, self.root), tmp)
         os.replace(tmp, self.root / name)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def install(self, source: Path, version: str, move: bool = False) -> Path:
         """Put a model file into versions/ under its version (copy, or move when it is ours)."""
@@ -119,7 +109,7 @@ class ModelStore:
                 with open(tmp, "rb+") as handle:
                     os.fsync(handle.fileno())
                 os.replace(tmp, target)
-            _fsync_dir(self.versions)
+            fsync_dir(self.versions)
         except OSError as err:
             raise StorageError(
                 f"cannot store model {version} in {self.versions}: {err.strerror}",

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 _HASH_CHUNK = 1 << 20
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` durable; some filesystems refuse to open folders, that is fine."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -72,7 +72,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         if tmp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
+from dal.broker import HOST, free_port
+
 INSTALL_HINT = (
     "mosquitto is not installed: apt-get install mosquitto (the MQTT tests need a real broker)"
 )
@@ -40,13 +41,6 @@ def find_mosquitto() -> str:
     if found is None:
         raise BrokerError(INSTALL_HINT)
     return found
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def write_password_file(path: Path, users: dict[str, str]) -> Path:

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dal.errors import StorageError
-from dal.fileio import storage_error
+from dal.fileio import fsync_dir, storage_error
 from dal.link.messages import AgentStatus, Event, Metrics, SampleHeader
 from dal.sqlite_tx import immediate_transaction
 
@@ -157,20 +157,10 @@ def export_name(sample_id: str, suffix: str) -> str:
     return sample_id.replace(":", "__", 1) + suffix
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    """fsync a file or folder; folders that cannot be opened (some filesystems) are skipped."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        if directory:
-            return
-        raise
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError as err:
-        if not directory:
-            raise
-        logger.debug("fsync of folder %s skipped: %s", path, err)
     finally:
         os.close(fd)
 
@@ -254,8 +244,8 @@ class SampleStore:
         try:
             self._ensure_dir(target.parent)
             self._move(path, target)
-            _fsync_path(target)
-            _fsync_path(target.parent, directory=True)
+            _fsync_file(target)
+            fsync_dir(target.parent)
         except OSError as err:
             raise storage_error(err, target) from err
         width, height = _image_size(target)
@@ -298,7 +288,7 @@ class SampleStore:
         if folder.is_dir():
             return
         folder.mkdir(parents=True, exist_ok=True)
-        _fsync_path(folder.parent, directory=True)
+        fsync_dir(folder.parent)
 
     @staticmethod
     def _move(source: Path, target: Path) -> None:
@@ -310,7 +300,7 @@ class SampleStore:
             # spool on another filesystem: copy beside the target, then rename atomically
             tmp = target.with_name(f".{target.name}.tmp")
             shutil.copyfile(source, tmp)
-            _fsync_path(tmp)
+            _fsync_file(tmp)
             os.replace(tmp, target)
             source.unlink(missing_ok=True)
 

@@ -29,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dal.errors import LinkError, StorageError
-from dal.fileio import atomic_write_json, sha256_file
+from dal.fileio import atomic_write_json, fsync_dir, sha256_file
 from dal.link.chunks import (
     DEFAULT_CHUNK_SIZE,
     KIND_MODEL,
@@ -398,7 +398,7 @@ class ModelDownloader:
             verify_manifest(m, self.public_key)
             final = self.dest_dir / m.filename
             os.replace(d.part, final)
-            _fsync_dir(self.dest_dir)
+            fsync_dir(self.dest_dir)
         except (LinkError, OSError) as err:
             self._fail(d, str(err))
             return
@@ -504,20 +504,6 @@ def _pwrite(path: Path, offset: int, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (some filesystems cannot fsync folders: fine)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        logger.debug("fsync of %s skipped: %s", folder, err)
     finally:
         os.close(fd)
 

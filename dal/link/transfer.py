@@ -14,7 +14,6 @@ acked twice and stored once. `SampleReceiver` wires it to a Link.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dal.errors import LinkError
+from dal.fileio import sha256_file
 from dal.link.chunks import KIND_SAMPLE, Chunk, check_chunk_size, decode_chunk, encode_chunk
 from dal.link.client import Link, Pending
 from dal.link.messages import Ack, SampleHeader, now
@@ -36,7 +36,6 @@ Payload = bytes | os.PathLike[str] | str
 StoreFn = Callable[[SampleHeader, Path], None]
 HasFn = Callable[[str], bool]
 
-_READ_BLOCK = 1 << 20
 
 
 def _iter_pieces(data: Payload, chunk_size: int) -> Iterator[bytes]:
@@ -372,7 +371,7 @@ class TransferAssembler:
             self.stats["duplicates"] += 1
             return Ack(sample_id, "duplicate", now())
         _truncate_and_sync(partial.path, header.size)
-        digest = _sha256(partial.path)
+        digest = sha256_file(partial.path)
         if digest != header.sha256:
             self._drop(key, remember=False)
             self.stats["rejected"] += 1
@@ -412,14 +411,6 @@ def _truncate_and_sync(path: Path, size: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class SampleReceiver:
