@@ -18,6 +18,7 @@ from torchvision.models import mobilenet_v2, resnet50
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -32,6 +33,9 @@ ARCHITECTURES = ("mobilenet_v2_fpn", "resnet50_fpn")
 # MobileNetV2 `features` indices whose outputs sit at strides 4, 8, 16, 32, and their widths.
 _MOBILENET_RETURN_LAYERS = {"3": "0", "6": "1", "13": "2", "17": "3"}
 _MOBILENET_CHANNELS = [24, 32, 96, 320]
+# Last `features` index of each MobileNetV2 stage, and ResNet's stages, in the order they run.
+_MOBILENET_STAGE_ENDS = (1, 3, 6, 13, 17)
+_RESNET_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 LIGHT_BOX_HEAD_WIDTH = 256
 
 
@@ -52,6 +56,10 @@ class DetectorConfig:
     # Pretrained backbones keep their BatchNorm statistics frozen; stored so that a checkpoint
     # rebuilds with the same layer types.
     frozen_batchnorm: bool = False
+    # Light model only: False runs the RPN on P3 and up (two anchor sizes per level), which
+    # drops the costliest RPN work (P2 has 3/4 of all cells); RoIs and the feature still use P2.
+    # True is the layout of checkpoints written before the option existed.
+    rpn_on_p2: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -110,6 +118,38 @@ class LightRPNHead(nn.Module):
         return logits, deltas
 
 
+class RPNWithoutP2(RegionProposalNetwork):
+    """Proposals from FPN levels P3.. only: P2 stays for RoI pooling and the image feature."""
+
+    def forward(self, images, features, targets=None):  # type: ignore[override]
+        upper = {name: value for name, value in features.items() if name != "0"}
+        return super().forward(images, upper, targets)
+
+
+def _rpn_without_p2() -> RPNWithoutP2:
+    """torchvision's FPN RPN defaults, with P2's 32 px anchors moved up to P3 beside 64 px."""
+    sizes = ((32, 64), (96, 128), (192, 256), (384, 512))
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    return RPNWithoutP2(
+        anchors,
+        LightRPNHead(FEATURE_DIM, anchors.num_anchors_per_location()[0]),
+        fg_iou_thresh=0.7,
+        bg_iou_thresh=0.3,
+        batch_size_per_image=256,
+        positive_fraction=0.5,
+        pre_nms_top_n={"training": 2000, "testing": 1000},
+        post_nms_top_n={"training": 2000, "testing": 1000},
+        nms_thresh=0.7,
+    )
+
+
+def _freeze_mobilenet_stages(features: nn.Module, trainable_layers: int) -> None:
+    n_frozen = len(_MOBILENET_STAGE_ENDS) - trainable_layers
+    frozen_until = _MOBILENET_STAGE_ENDS[n_frozen - 1] if n_frozen > 0 else -1
+    for name, module in features.named_children():
+        module.requires_grad_(int(name) > frozen_until)
+
+
 def _mobilenet_v2_fpn_backbone(
     weights_path: Path | None, trainable_layers: int, pretrained: bool
 ) -> nn.Module:
@@ -123,14 +163,9 @@ def _mobilenet_v2_fpn_backbone(
         if [k for k in missing if not k.startswith("classifier")] or unexpected:
             raise ModelError(f"{weights_path}: not MobileNetV2 ImageNet weights")
     features = net.features[:18]  # drop the 1280-channel head conv, detection does not need it
-    # Last index of each stage, in the order they run. With pretrained weights the early stages
-    # stay frozen and only the last `trainable_layers` stages learn (torchvision's convention).
-    stage_ends = [1, 3, 6, 13, 17]
-    n_frozen = len(stage_ends) - trainable_layers if pretrained else 0
-    frozen_until = stage_ends[n_frozen - 1] if n_frozen > 0 else -1
-    for index, module in enumerate(features):
-        if index <= frozen_until:
-            module.requires_grad_(False)
+    # With pretrained weights the early stages stay frozen and only the last `trainable_layers`
+    # stages learn (torchvision's convention).
+    _freeze_mobilenet_stages(features, trainable_layers if pretrained else 5)
     backbone = BackboneWithFPN(
         features,
         return_layers=_MOBILENET_RETURN_LAYERS,
@@ -205,7 +240,44 @@ def build_detector(config: DetectorConfig, backbone_weights: Path | None = None)
         box_detections_per_img=config.box_detections_per_img,
         **light,
     )
+    if config.arch == "mobilenet_v2_fpn" and not config.rpn_on_p2:
+        model.rpn = _rpn_without_p2()
+    set_test_proposals(model, config.rpn_pre_nms_top_n_test, config.rpn_post_nms_top_n_test)
     return model
+
+
+def set_test_proposals(model: FasterRCNN, pre_nms: int, post_nms: int) -> None:
+    """Proposals kept at inference (torchvision keeps them in a private dict)."""
+    model.rpn._pre_nms_top_n["testing"] = pre_nms
+    model.rpn._post_nms_top_n["testing"] = post_nms
+
+
+def set_training_budget(model: FasterRCNN, proposals: int, rois: int) -> None:
+    """Proposals after NMS and sampled RoIs per training image.
+
+    torchvision's 2000 proposals and 512 RoIs suit a GPU; on a CPU RoIAlign's backward and the
+    proposal matching grow with them, and a few objects per image need far fewer."""
+    model.rpn._pre_nms_top_n["training"] = 2 * proposals
+    model.rpn._post_nms_top_n["training"] = proposals
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = rois
+
+
+def set_trainable_layers(model: FasterRCNN, config: DetectorConfig, layers: int) -> None:
+    """Train only the last `layers` backbone stages (0-5); FPN and heads always train.
+
+    Frozen early stages need no backward pass at all, the largest saving on a CPU, and on a few
+    labels they keep ImageNet's generic filters. Needs a pretrained (frozen-BN) backbone."""
+    if not 0 <= layers <= 5:
+        raise ModelError(f"trainable layers must be 0..5, not {layers}")
+    if not config.frozen_batchnorm:
+        return  # from random weights every stage must learn
+    body = model.backbone.body
+    if config.arch == "mobilenet_v2_fpn":
+        _freeze_mobilenet_stages(body, layers)
+    else:
+        trainable = set(_RESNET_STAGES[len(_RESNET_STAGES) - layers :])
+        for name, parameter in body.named_parameters():
+            parameter.requires_grad_(name.split(".")[0] in trainable)
 
 
 def replace_head(model: FasterRCNN, num_classes: int) -> None:

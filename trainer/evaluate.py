@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dal.coco import CocoDataset, load_coco, predictions_to_coco_results, read_image
 from dal.errors import DalError
+from dal.trainer.device import parse_device
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,18 @@ def coco_metrics(coco: CocoDataset, results: list[dict[str, Any]]) -> dict[str, 
     return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "per_class": per_class}
 
 
-def torch_predictor(model: torch.nn.Module) -> Predictor:
-    """Wrap a torchvision detector as a Predictor (eval mode, no grad, CPU)."""
+def torch_predictor(model: torch.nn.Module, device: torch.device | str | None = None) -> Predictor:
+    """Wrap a torchvision detector as a Predictor (eval mode, no grad) on `device` (default:
+    where the model's weights are)."""
     model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
 
     @torch.no_grad()
     def predict(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255
-        out = model([tensor])[0]
-        return out["boxes"].numpy(), out["labels"].numpy(), out["scores"].numpy()
+        tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device)
+        out = model([tensor.permute(2, 0, 1).float() / 255])[0]
+        return tuple(out[k].cpu().numpy() for k in ("boxes", "labels", "scores"))  # type: ignore[return-value]
 
     return predict
 
@@ -122,8 +126,11 @@ def evaluate(
     return metrics, kept
 
 
-def load_predictor(model_path: Path, score_threshold: float | None) -> tuple[Predictor, list[str]]:
-    """A Predictor and class names for a .pt checkpoint or an exported .onnx model."""
+def load_predictor(
+    model_path: Path, score_threshold: float | None, device: str = "cpu"
+) -> tuple[Predictor, list[str]]:
+    """A Predictor and class names for a .pt checkpoint (on `device`) or an exported .onnx
+    model (onnxruntime picks its own providers, as on the agent)."""
     if model_path.suffix == ".onnx":
         from dal.agent.detector import Detector
 
@@ -140,7 +147,9 @@ def load_predictor(model_path: Path, score_threshold: float | None) -> tuple[Pre
     model = ckpt.build()
     if score_threshold is not None:
         model.roi_heads.score_thresh = score_threshold
-    return torch_predictor(model), list(ckpt.config.class_names)
+    from dal.trainer.device import resolve_device
+
+    return torch_predictor(model, resolve_device(device)), list(ckpt.config.class_names)
 
 
 def save_grid(kept: list, class_names: list[str], path: Path, min_score: float = 0.3) -> None:
@@ -149,9 +158,7 @@ def save_grid(kept: list, class_names: list[str], path: Path, min_score: float =
     tiles = []
     for image, (boxes, labels, scores) in kept:
         keep = scores >= min_score
-        tiles.append(
-            draw_detections(image, boxes[keep], labels[keep], scores[keep], class_names)
-        )
+        tiles.append(draw_detections(image, boxes[keep], labels[keep], scores[keep], class_names))
     contact_sheet(tiles, columns=4).save(path)
 
 
@@ -163,11 +170,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=Path, help="write a PNG/JPEG sheet of predictions here")
     parser.add_argument("--grid-images", type=int, default=16, help="images on the sheet")
     parser.add_argument("--score-threshold", type=float, help="override the model's threshold")
+    parser.add_argument(
+        "--device",
+        type=parse_device,
+        default="auto",
+        help="for .pt checkpoints: auto (CUDA when present), cpu, cuda or cuda:N",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     coco = load_coco(args.coco, args.images)
-    predict, class_names = load_predictor(args.model, args.score_threshold)
+    predict, class_names = load_predictor(args.model, args.score_threshold, args.device)
     keep = args.grid_images if args.grid else 0
     metrics, kept = evaluate(predict, coco, class_names, keep_images=keep)
     metrics["model"] = str(args.model)

@@ -1,12 +1,13 @@
-"""Train or fine-tune a Faster R-CNN on COCO data.
+"""Train or fine-tune a Faster R-CNN on COCO data, on a CPU, a GPU or several (torchrun).
 
 From ImageNet backbone weights (or random ones) for a base model, or from a checkpoint to
-fine-tune (the active-learning cycles). Validation AP after every epoch, early stop, the best
-checkpoint kept as best.pt, the latest as last.pt (--resume continues from it).
+fine-tune (the active-learning cycles). Validation AP on a schedule that costs at most as much
+as training, early stop, the best checkpoint kept as best.pt, the latest as last.pt (--resume
+continues from it). Checkpoints are device-free: they load anywhere.
 
-Presets: `default` converges on small data on a CPU (lr 0.01 from a backbone, 0.005 when
-fine-tuning, warm-up + cosine); `paper` is Eversberg & Lambrecht's SGD (batch 4, lr 1e-5,
-momentum 0.9, weight decay 1e-4, 640x360).
+Presets: `default` converges on small data (lr 0.01 from a backbone, 0.005 when fine-tuning,
+warm-up + cosine); `paper` is Eversberg & Lambrecht's SGD (batch 4, lr 1e-5, momentum 0.9,
+weight decay 1e-4, 640x360).
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,21 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from dal.coco import CocoDataset, load_coco
+from dal.coco import load_coco
 from dal.contract import parse_input_size
 from dal.errors import ConfigError, DalError
-from dal.fileio import atomic_write_json
-from dal.trainer.checkpoint import (
-    Checkpoint,
-    check_classes,
-    load_checkpoint,
-    save_checkpoint,
-    weights_sha256,
-)
-from dal.trainer.data import CocoDetection, collate, training_augmentation
+from dal.trainer.checkpoint import check_classes, load_checkpoint, weights_sha256
 from dal.trainer.detector import (
     ARCHITECTURES,
     DetectorConfig,
@@ -48,8 +37,11 @@ from dal.trainer.detector import (
     count_parameters,
     replace_head,
     resolve_backbone_weights,
+    set_test_proposals,
+    set_trainable_layers,
+    set_training_budget,
 )
-from dal.trainer.evaluate import evaluate, torch_predictor
+from dal.trainer.device import parse_device, set_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +67,10 @@ class TrainSettings:
     reset_head: bool = False
     input_size: str = "640x360"
     epochs: int = 20
+    # The budget grows with the data: at least this many SGD steps whatever the set's size
+    # (small labelled sets get more epochs), at most `max_steps` (0: no cap).
+    min_steps: int = 0
+    max_steps: int = 0
     batch_size: int = 4
     lr: float | None = None
     momentum: float = 0.9
@@ -83,12 +79,24 @@ class TrainSettings:
     patience: int = 5
     augment: bool = True
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None
     max_steps_per_epoch: int | None = None
     resume: bool = False
     proposals: int = 300
     score_threshold: float = 0.05
-    trainable_backbone_layers: int = 3
+    # None: 3 for a new model, the parent's stages for a fine-tune (see set_trainable_layers).
+    trainable_layers: int | None = None
+    # New light models run the RPN from P3 up (RPNWithoutP2); fine-tunes keep the parent's.
+    rpn_on_p2: bool = False
+    train_proposals: int = 500
+    train_rois: int = 64
+    device: str = "auto"
+    amp: bool | None = None
+    channels_last: bool = True
+    # Validation: every N epochs (None: as often as costs no more than training) on all
+    # validation images or an evenly spread sample of them.
+    eval_every: int | None = None
+    val_sample: int | None = None
     progress: bool = True
     extra_summary: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +104,13 @@ class TrainSettings:
         return {
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
         }
+
+    def total_epochs(self, steps_per_epoch: int) -> int:
+        """`epochs`, raised to reach `min_steps` and lowered to stay within `max_steps`."""
+        epochs = max(self.epochs, math.ceil(self.min_steps / max(1, steps_per_epoch)))
+        if self.max_steps:
+            epochs = min(epochs, max(1, self.max_steps // max(1, steps_per_epoch)))
+        return epochs
 
 
 @dataclass
@@ -106,6 +121,7 @@ class TrainResult:
     epochs_run: int
     history: list[dict[str, Any]]
     version: str
+    still_rising: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -120,10 +136,8 @@ def new_version(state: dict[str, torch.Tensor]) -> str:
     return f"{stamp}-{weights_sha256(state)[:8]}"
 
 
-def _prepare_model(settings: TrainSettings, train_set: CocoDataset):
-    """Build the model: fine-tune from --init, or fresh from backbone weights."""
-    class_names = train_set.class_names
-    width, height = parse_input_size(settings.input_size)
+def prepare_model(settings: TrainSettings, class_names: list[str]):
+    """(config, model, parent version): fine-tune from --init, or fresh from backbone weights."""
     if settings.init is not None:
         parent = load_checkpoint(settings.init)
         if settings.reset_head:
@@ -139,10 +153,16 @@ def _prepare_model(settings: TrainSettings, train_set: CocoDataset):
             rpn_post_nms_top_n_test=settings.proposals,
             box_score_thresh=settings.score_threshold,
         )
+        if settings.trainable_layers is not None:
+            config = dataclasses.replace(
+                config, trainable_backbone_layers=settings.trainable_layers
+            )
         model.roi_heads.score_thresh = settings.score_threshold
-        model.rpn._pre_nms_top_n["testing"] = settings.proposals
-        model.rpn._post_nms_top_n["testing"] = settings.proposals
+        set_test_proposals(model, settings.proposals, settings.proposals)
+        set_trainable_layers(model, config, config.trainable_backbone_layers)
         return config, model, parent.version
+    width, height = parse_input_size(settings.input_size)
+    weights = resolve_backbone_weights(settings.arch, settings.backbone_weights)
     config = DetectorConfig(
         arch=settings.arch,
         class_names=tuple(class_names),
@@ -151,193 +171,36 @@ def _prepare_model(settings: TrainSettings, train_set: CocoDataset):
         rpn_pre_nms_top_n_test=settings.proposals,
         rpn_post_nms_top_n_test=settings.proposals,
         box_score_thresh=settings.score_threshold,
-        trainable_backbone_layers=settings.trainable_backbone_layers,
+        trainable_backbone_layers=3
+        if settings.trainable_layers is None
+        else settings.trainable_layers,
+        frozen_batchnorm=weights is not None,
+        rpn_on_p2=settings.rpn_on_p2,
     )
-    weights = resolve_backbone_weights(settings.arch, settings.backbone_weights)
-    config = dataclasses.replace(config, frozen_batchnorm=weights is not None)
     return config, build_detector(config, weights), ""
-
-
-def _lr_lambda(total_steps: int, warmup: int):
-    """Linear warm-up, then cosine decay to 5% of the base rate."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.1 + 0.9 * step / max(1, warmup)
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _train_one_epoch(model, loader, optimizer, scheduler, epoch, settings) -> dict[str, float]:
-    model.train()
-    totals: dict[str, float] = {}
-    steps = len(loader)
-    if settings.max_steps_per_epoch:
-        steps = min(steps, settings.max_steps_per_epoch)
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not settings.progress)
-    for step, (images, targets) in enumerate(loader):
-        if step >= steps:
-            break
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise DalError(
-                f"training diverged at epoch {epoch} step {step} (loss {loss.item()})",
-                hint="lower --lr or check the boxes in the training set",
-            )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        for name, value in losses.items():
-            totals[name] = totals.get(name, 0.0) + value.item()
-        totals["loss"] = totals.get("loss", 0.0) + loss.item()
-        bar.update(1)
-        bar.set_postfix(
-            loss=f"{totals['loss'] / (step + 1):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}"
-        )
-    bar.close()
-    return {name: value / max(1, steps) for name, value in totals.items()}
 
 
 def train(settings: TrainSettings) -> TrainResult:
     """Run training to the end (or early stop) and return where the best checkpoint is."""
+    from dal.trainer.loop import TrainingRun  # the loop needs torch's data and AMP machinery
+
     seed_everything(settings.seed)
     train_set = load_coco(settings.train, settings.train_images)
     if not train_set.images:
         raise DalError(f"{settings.train}: no training images")
     val_set = load_coco(settings.val, settings.val_images) if settings.val else None
-    config, model, parent_version = _prepare_model(settings, train_set)
+    config, model, parent_version = prepare_model(settings, train_set.class_names)
+    set_training_budget(model, settings.train_proposals, settings.train_rois)
     total, trainable = count_parameters(model)
     log.info(
-        "model %s, %d classes, %.1fM parameters (%.1fM trainable)",
+        "model %s, %d classes, %.1fM parameters (%.1fM trainable, %d backbone stages)",
         config.arch,
         len(config.class_names),
         total / 1e6,
         trainable / 1e6,
+        config.trainable_backbone_layers,
     )
-
-    augment = training_augmentation(seed=settings.seed) if settings.augment else None
-    dataset = CocoDetection(train_set, augment)
-    generator = torch.Generator().manual_seed(settings.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        num_workers=settings.workers,
-        generator=generator,
-        drop_last=len(dataset) > settings.batch_size,
-    )
-    steps_per_epoch = len(loader)
-    if settings.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
-    lr = settings.lr
-    if lr is None:
-        lr = PRESETS["default"]["lr"] * (FINE_TUNE_LR_FACTOR if settings.init else 1.0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
-    warmup = min(settings.warmup_steps, steps_per_epoch * settings.epochs // 4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(steps_per_epoch * settings.epochs, warmup)
-    )
-
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    best_path, last_path = out / "best.pt", out / "last.pt"
-    history: list[dict[str, Any]] = []
-    best_ap: float | None = None
-    start_epoch, stale = 1, 0
-    if settings.resume and last_path.exists():
-        last = load_checkpoint(last_path)
-        model.load_state_dict(last.model)
-        if last.optimizer:
-            optimizer.load_state_dict(last.optimizer)
-        if last.scheduler:
-            scheduler.load_state_dict(last.scheduler)
-        history, best_ap, start_epoch = last.history, last.best_ap, last.epoch + 1
-        stale = last.training_summary.get("stale_epochs", 0)
-        log.info("resuming from %s at epoch %d", last_path, start_epoch)
-
-    summary = {
-        "settings": settings.to_json(),
-        "train_images": len(train_set.images),
-        "train_boxes": train_set.num_annotations,
-        "val_images": len(val_set.images) if val_set else 0,
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        **settings.extra_summary,
-    }
-    best_version = ""
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, settings.epochs + 1):
-        started = time.perf_counter()
-        losses = _train_one_epoch(model, loader, optimizer, scheduler, epoch, settings)
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            **losses,
-            "train_seconds": round(time.perf_counter() - started, 2),
-        }
-        improved = True
-        if val_set is not None:
-            metrics, _ = evaluate(
-                torch_predictor(model), val_set, list(config.class_names), progress=False
-            )
-            record.update(AP=metrics["AP"], AP50=metrics["AP50"], AP75=metrics["AP75"])
-            improved = best_ap is None or metrics["AP"] > best_ap
-            log.info(
-                "epoch %d: loss %.3f, val AP %.3f (AP50 %.3f)",
-                epoch,
-                losses["loss"],
-                metrics["AP"],
-                metrics["AP50"],
-            )
-        history.append(record)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if improved:
-            best_ap = record.get("AP", best_ap)
-            stale = 0
-            best_version = new_version(state)
-            save_checkpoint(
-                Checkpoint(
-                    config=config,
-                    model=state,
-                    version=best_version,
-                    parent_version=parent_version,
-                    epoch=epoch,
-                    best_ap=best_ap,
-                    history=list(history),
-                    training_summary={**summary, "best_epoch": epoch},
-                ),
-                best_path,
-            )
-        else:
-            stale += 1
-        save_checkpoint(
-            Checkpoint(
-                config=config,
-                model=state,
-                version=new_version(state),
-                parent_version=parent_version,
-                epoch=epoch,
-                best_ap=best_ap,
-                history=list(history),
-                training_summary={**summary, "stale_epochs": stale},
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-            ),
-            last_path,
-        )
-        atomic_write_json(out / "history.json", history)
-        if val_set is not None and stale >= settings.patience:
-            log.info("early stop: no AP gain for %d epochs (best %.3f)", stale, best_ap)
-            break
-    if not best_version and best_path.exists():
-        best_version = load_checkpoint(best_path).version
-    return TrainResult(best_path, last_path, best_ap, epoch, history, best_version)
+    return TrainingRun(settings, config, model, parent_version, train_set, val_set).run()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -375,10 +238,90 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.05)
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=0, help="data loader processes")
+    parser.add_argument(
+        "--workers", type=int, help="data loader processes (default: 0 on a CPU, 4 with CUDA)"
+    )
     parser.add_argument("--max-steps-per-epoch", type=int)
+    parser.add_argument(
+        "--min-steps",
+        type=int,
+        default=0,
+        help="raise the epoch count until training has made this many SGD steps",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    add_speed_arguments(parser)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Device, precision and the CPU-speed knobs, shared by train, experiment and demo."""
+    parser.add_argument(
+        "--device",
+        type=parse_device,
+        default="auto",
+        help="auto (CUDA when torch sees it, else CPU; logged), cpu, cuda or cuda:N",
+    )
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision: default on with CUDA (bf16, else fp16 + GradScaler), off on a "
+        "CPU (bf16 only where the CPU has AVX512-BF16/AMX)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    parser.add_argument(
+        "--trainable-layers",
+        type=int,
+        choices=range(6),
+        help="backbone stages that learn, 0-5 (default: 3 for a new model, the parent's "
+        "when fine-tuning); fewer train faster",
+    )
+    parser.add_argument(
+        "--train-proposals",
+        type=int,
+        default=500,
+        help="RPN proposals per training image (torchvision: 2000)",
+    )
+    parser.add_argument(
+        "--train-rois", type=int, default=64, help="sampled RoIs per training image"
+    )
+    parser.add_argument(
+        "--rpn-on-p2",
+        action="store_true",
+        help="new light models: RPN on P2 too (the layout before 0.2; slower on a CPU)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="NHWC memory layout (faster convolutions on CPUs and tensor cores)",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        help="validate every N epochs (default: as often as costs no more than training)",
+    )
+    parser.add_argument(
+        "--val-sample", type=int, help="validate on N images spread over the validation set"
+    )
+
+
+def speed_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainSettings fields from add_speed_arguments' options."""
+    for name in ("train_proposals", "train_rois", "eval_every", "val_sample"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    return {
+        "device": args.device,
+        "amp": args.amp,
+        "trainable_layers": args.trainable_layers,
+        "train_proposals": args.train_proposals,
+        "train_rois": args.train_rois,
+        "rpn_on_p2": args.rpn_on_p2,
+        "channels_last": args.channels_last,
+        "eval_every": args.eval_every,
+        "val_sample": args.val_sample,
+    }
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
@@ -407,14 +350,16 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         seed=args.seed,
         workers=args.workers,
         max_steps_per_epoch=args.max_steps_per_epoch,
+        min_steps=args.min_steps,
         resume=args.resume,
         proposals=args.proposals,
         score_threshold=args.score_threshold,
+        **speed_settings(args),
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    set_cpu_threads(args.threads)
     result = train(settings_from_args(args))
     print(
         json.dumps(
@@ -423,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
                 "best_ap": result.best_ap,
                 "version": result.version,
                 "epochs": result.epochs_run,
+                "still_rising": result.still_rising,
             },
             indent=2,
         )
