@@ -44,6 +44,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
             lr=0.02,
             warmup_steps=5,
             patience=6,
+            eval_every=1,
             progress=False,
         )
     )

@@ -131,7 +131,29 @@ class FinetuneSection:
             "Promote a candidate only if its AP ≥ the current model's AP - tolerance.", min=0.0
         ),
     )
-    epochs: int = field(default=10, metadata=doc("Most epochs per job.", min=1))
+    device: str = field(
+        default="auto",
+        metadata=doc("Where jobs train: auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
+    )
+    amp: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata=doc(
+            "Mixed precision: auto (on with CUDA, off on a CPU), on (bf16 on a CPU only where it "
+            "has AVX512-BF16/AMX) or off."
+        ),
+    )
+    epochs: int = field(
+        default=10,
+        metadata=doc(
+            "Epochs over the labelled set per job (the budget grows with the labels), raised "
+            "to reach min_steps; early stop may end it sooner.",
+            min=1,
+        ),
+    )
+    min_steps: int = field(
+        default=60,
+        metadata=doc("Fewest SGD steps per job, however few labels there are.", min=0),
+    )
     patience: int = field(
         default=3, metadata=doc("Stop after this many epochs without a validation gain.", min=1)
     )
@@ -153,6 +175,11 @@ class FinetuneSection:
         default=4,
         metadata=doc("Validation images used for the torch/onnxruntime parity check.", min=1),
     )
+
+    def __post_init__(self) -> None:
+        from dal.trainer.device import parse_device
+
+        parse_device(self.device)  # a ConfigError naming the value, at start-up
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,7 @@ def set_training_budget(model: FasterRCNN, proposals: int, rois: int) -> None:
 
     torchvision's 2000 proposals and 512 RoIs suit a GPU; on a CPU RoIAlign's backward and the
     proposal matching grow with them, and a few objects per image need far fewer."""
-    model.rpn._pre_nms_top_n["training"] = 2 * proposals
+    model.rpn._pre_nms_top_n["training"] = proposals
     model.rpn._post_nms_top_n["training"] = proposals
     model.roi_heads.fg_bg_sampler.batch_size_per_image = rois
 

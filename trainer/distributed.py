@@ -60,13 +60,18 @@ def stop(world: World) -> None:
         dist.destroy_process_group()
 
 
-def agree(world: World, value: bool) -> bool:
-    """Rank 0's `value` on every rank (the early-stop decision)."""
+def share(world: World, *values: int) -> tuple[int, ...]:
+    """Rank 0's integers on every rank (decisions only rank 0 can make), sent as a tensor:
+    nothing is pickled between processes."""
     if not world.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
+        return values
+    # gloo and NCCL both broadcast int64 tensors; NCCL needs them on the rank's GPU.
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    )
+    box = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.broadcast(box, src=0)
+    return tuple(int(v) for v in box.tolist())
 
 
 def barrier(world: World) -> None:

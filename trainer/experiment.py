@@ -11,8 +11,9 @@ The pool is scored like the edge agent does it (exported ONNX model: summed max-
 box, and the P2 feature); picked images get their ground-truth labels (the oracle). Random runs
 repeat over every --seeds value, the other strategies use the first seed (all of them with
 --repeat-all). Each fine-tuning run
-takes --steps SGD steps whatever k is (the labelled images repeat to fill them) and its final
-model is evaluated once on the validation split.
+makes --epochs passes over the labelled set, at least --steps SGD steps (the labelled images
+repeat to fill them), so the budget grows with the labels; its final model is evaluated once on
+the validation split.
 
 Writes to --out: results.csv (one row per run, wall time included), experiment.json (every
 setting, the plan, software versions), table.md (Table A1 layout), fig6_single_cycle.png and
@@ -30,16 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
-
-import torch
 
 from dal.errors import ConfigError
 from dal.fileio import atomic_write_text
 from dal.strategies import STRATEGIES
 from dal.trainer.detector import ARCHITECTURES
+from dal.trainer.device import parse_device, set_cpu_threads
 from dal.trainer.plots import figure6, figure8
 from dal.trainer.protocol import (
     SETTINGS,
@@ -95,7 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--input-size", default="640x360", help="model input WIDTHxHEIGHT")
     model.add_argument("--base-epochs", type=int, default=10, help="epochs of M0 on synthetic")
-    model.add_argument("--steps", type=int, default=40, help="SGD steps per fine-tuning run")
+    model.add_argument("--steps", type=int, default=40, help="fewest SGD steps per fine-tuning run")
+    model.add_argument(
+        "--epochs",
+        type=int,
+        default=15,
+        help="passes over the labelled set per fine-tuning run (the budget grows with L)",
+    )
     model.add_argument("--batch-size", type=int, default=4)
     model.add_argument("--lr", type=float, help="fine-tuning rate (default: dal train's)")
     model.add_argument("--base-lr", type=float, help="M0 rate (default: dal train's)")
@@ -104,6 +109,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--score-threshold", type=float, default=0.05)
     model.add_argument("--base-seed", type=int, default=0)
     model.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    model.add_argument(
+        "--device",
+        type=parse_device,
+        default="auto",
+        help="auto (CUDA when torch sees it, else CPU; logged), cpu, cuda or cuda:N",
+    )
+    model.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision (default: on with CUDA, off on a CPU)",
+    )
     model.add_argument(
         "--keep-checkpoints", action="store_true", help="keep every run's best.pt (disk!)"
     )
@@ -124,8 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ProtocolConfig:
     if args.real is None or args.val is None:
         raise ConfigError("--real and --val are required (the pool and the validation split)")
-    if args.steps < 1 or args.base_epochs < 1 or args.batch_size < 1:
-        raise ConfigError("--steps, --base-epochs and --batch-size must be at least 1")
+    if args.steps < 1 or args.epochs < 1 or args.base_epochs < 1 or args.batch_size < 1:
+        raise ConfigError("--steps, --epochs, --base-epochs and --batch-size must be at least 1")
     if args.synthetic and args.base:
         raise ConfigError("give --synthetic (train M0 here) or --base (use this M0), not both")
     return ProtocolConfig(
@@ -139,6 +156,9 @@ def config_from_args(args: argparse.Namespace) -> ProtocolConfig:
         input_size=args.input_size,
         base_epochs=args.base_epochs,
         steps=args.steps,
+        epochs=args.epochs,
+        device=args.device,
+        amp=args.amp,
         batch_size=args.batch_size,
         lr=args.lr,
         base_lr=args.base_lr,
@@ -175,7 +195,8 @@ def _subtitle(out: Path) -> str:
         return ""
     return (
         f"{config.get('arch')}, input {config.get('input_size')}, "
-        f"{config.get('steps')} steps of batch {config.get('batch_size')} per fine-tuning"
+        f"fine-tuning {config.get('epochs', 0)} epochs over the labels, at least "
+        f"{config.get('steps')} steps of batch {config.get('batch_size')}"
     )
 
 
@@ -217,7 +238,7 @@ def run_experiment(config: ProtocolConfig, chains: list[Chain], progress: bool =
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    set_cpu_threads(args.threads)
     if not args.report_only:
         config = config_from_args(args)
         started = time.perf_counter()

@@ -234,39 +234,32 @@ def training_set(
     return json_path, job_dir, summary
 
 
-def eval_settings() -> tuple[int, float]:
-    """(test-time proposals, score threshold) for both sides of the gate: train()'s defaults."""
-    from dal.trainer.train import TrainSettings
-
-    defaults = TrainSettings(train=Path("-"), out=Path("-"))
-    return defaults.proposals, defaults.score_threshold
-
-
-def evaluate_checkpoint(checkpoint: Path, val: CocoDataset) -> dict[str, Any]:
-    """AP, AP50, AP75 of a checkpoint on the validation set, with the job's test settings."""
+def evaluate_checkpoint(checkpoint: Path, val: CocoDataset, device: str = "auto") -> dict[str, Any]:
+    """AP, AP50, AP75 of a checkpoint on the validation set, with train()'s test settings
+    (both sides of the gate are measured alike)."""
     from dal.trainer.checkpoint import load_checkpoint
+    from dal.trainer.detector import set_test_proposals
+    from dal.trainer.device import resolve_device
     from dal.trainer.evaluate import evaluate, torch_predictor
+    from dal.trainer.train import SCORE_THRESHOLD, TEST_PROPOSALS
 
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.build()
-    proposals, threshold = eval_settings()
-    model.roi_heads.score_thresh = threshold
-    model.rpn._pre_nms_top_n["testing"] = proposals
-    model.rpn._post_nms_top_n["testing"] = proposals
-    metrics, _ = evaluate(
-        torch_predictor(model), val, list(ckpt.config.class_names), progress=False
-    )
+    model.roi_heads.score_thresh = SCORE_THRESHOLD
+    set_test_proposals(model, TEST_PROPOSALS, TEST_PROPOSALS)
+    predictor = torch_predictor(model, resolve_device(device))
+    metrics, _ = evaluate(predictor, val, list(ckpt.config.class_names), progress=False)
     return {k: metrics[k] for k in ("AP", "AP50", "AP75")}
 
 
 def current_metrics(
-    registry: Registry, record: ModelRecord, val: CocoDataset, val_sha: str
+    registry: Registry, record: ModelRecord, val: CocoDataset, val_sha: str, device: str = "auto"
 ) -> dict[str, Any]:
     """The model's metrics on this validation file: cached by its sha256, else evaluated now."""
     if record.metrics.get("val_sha256") == val_sha and record.ap is not None:
         return record.metrics
     logger.info("evaluating model %s on the validation set", record.version)
-    metrics = {**evaluate_checkpoint(record.checkpoint, val), "val_sha256": val_sha}
+    metrics = {**evaluate_checkpoint(record.checkpoint, val, device), "val_sha256": val_sha}
     return registry.update(record.version, metrics=metrics).metrics
 
 
@@ -368,7 +361,9 @@ def adopt_initial(ctx: JobContext, checkpoint: Path) -> ModelRecord:
     val_path = optional_path(ctx.config, ctx.config.finetune.val)
     if val_path is not None:  # its AP goes into the manifest and the first gate needs it
         val = load_coco(val_path, optional_path(ctx.config, ctx.config.finetune.val_images))
-        current_metrics(ctx.registry, record, val, sha256_file(val_path))
+        current_metrics(
+            ctx.registry, record, val, sha256_file(val_path), ctx.config.finetune.device
+        )
     release(ctx, record.version)
     return ctx.registry.promote(record.version, "initial model")
 
@@ -385,13 +380,11 @@ def _train(
     job_dir: Path,
     summary: dict[str, Any],
 ):
-    import torch
-
+    from dal.trainer.device import set_cpu_threads
     from dal.trainer.train import TrainSettings, train
 
     ft = ctx.config.finetune
-    if ft.threads:
-        torch.set_num_threads(ft.threads)
+    set_cpu_threads(ft.threads or None)
     settings = TrainSettings(
         train=train_json,
         train_images=root,
@@ -401,6 +394,9 @@ def _train(
         init=current.checkpoint,
         backbone_weights="none",
         epochs=ft.epochs,
+        min_steps=ft.min_steps,
+        device=ft.device,
+        amp={"auto": None, "on": True, "off": False}[ft.amp],
         batch_size=ft.batch_size,
         lr=ft.lr or None,
         patience=ft.patience,
@@ -515,7 +511,7 @@ def _gate_and_release(
     version = candidate.version
     fields = {**common, "version": version, "candidate_ap": candidate.ap}
     try:
-        cur = current_metrics(ctx.registry, current, val, val_sha)
+        cur = current_metrics(ctx.registry, current, val, val_sha, ctx.config.finetune.device)
     except DalError as err:
         ctx.registry.mark(version, "failed", f"could not evaluate the current model: {err}")
         return JobResult(FAILED, str(err), **fields)

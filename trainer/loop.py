@@ -40,16 +40,21 @@ log = logging.getLogger("dal.trainer.train")
 STILL_RISING_GAIN = 0.005
 
 
-def lr_lambda(total_steps: int, warmup: int):
-    """Linear warm-up, then cosine decay to 5% of the base rate."""
+class WarmupCosine:
+    """Linear warm-up, then cosine decay to 5% of the base rate over `total` steps.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.1 + 0.9 * step / max(1, warmup)
-        progress = (step - warmup) / max(1, total_steps - warmup)
+    An object, not a closure: a time budget re-plans `total` after the first epoch, and
+    LambdaLR saves its attributes with the scheduler state."""
+
+    def __init__(self, total: int, warmup: int) -> None:
+        self.total = total
+        self.warmup = warmup
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return 0.1 + 0.9 * step / max(1, self.warmup)
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def spread_sample(val: CocoDataset, size: int | None) -> CocoDataset:
@@ -117,7 +122,7 @@ class TrainingRun:
         self.best_version = ""
         self.best_epoch = 0
         self.eval_every = settings.eval_every or 1
-        self.next_eval = 1
+        self.next_eval = settings.eval_every or 1  # auto: time one validation after epoch 1
 
     # ------------------------------------------------------------------ set-up
 
@@ -156,7 +161,8 @@ class TrainingRun:
         optimizer = torch.optim.SGD(params, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
         total = self.steps_per_epoch * self.epochs
         warmup = min(s.warmup_steps, total // 4)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
+        self.schedule = WarmupCosine(total, warmup)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         return optimizer, scheduler
 
     def _resume(self) -> int:
@@ -190,14 +196,37 @@ class TrainingRun:
             self.world.size,
             self._eval_plan(),
         )
-        epoch = start_epoch - 1
+        epoch = start_epoch
         try:
-            for epoch in range(start_epoch, self.epochs + 1):
-                if distributed.agree(self.world, self._one_epoch(epoch)):
+            while epoch <= self.epochs:
+                stop = self._one_epoch(epoch)
+                # Rank 0 decides (early stop, a re-planned epoch count); the others follow.
+                stop, self.epochs = distributed.share(self.world, int(stop), self.epochs)
+                self.schedule.total = self.steps_per_epoch * self.epochs
+                if stop:
                     break
+                epoch += 1
+            epoch = min(epoch, self.epochs)
         finally:
             distributed.stop(self.world)
         return self._result(epoch)
+
+    def _fit_time_budget(self, epoch: int, epoch_seconds: float) -> None:
+        """After the first epoch: as many epochs as fit the budget, the schedule re-planned."""
+        budget = self.s.time_budget_s
+        if not budget or epoch != 1:
+            return
+        fits = max(1, int(budget // max(epoch_seconds, 1e-3)))
+        if fits < self.epochs:
+            log.info(
+                "time budget %.0f s: %d epochs of %.0f s fit (of %d planned)",
+                budget,
+                fits,
+                epoch_seconds,
+                self.epochs,
+            )
+            self.epochs = fits
+            self.schedule.total = self.steps_per_epoch * fits
 
     def _one_epoch(self, epoch: int) -> bool:
         """Train one epoch, validate when due, save; True when early stop says enough."""
@@ -212,6 +241,7 @@ class TrainingRun:
             return False
         due = self.val_set is not None and (epoch >= self.next_eval or epoch == self.epochs)
         improved = self.val_set is None or (due and self._validate(epoch, record))
+        self._fit_time_budget(epoch, time.perf_counter() - started)
         self.history.append(record)
         state = device_free(self.model)
         if improved:

@@ -15,9 +15,10 @@ AP@[0.5:0.95] on the validation split, `export_onnx` + the agent's `Detector` sc
   adds k new images to the labelled set L and fine-tunes the latest model on all of L.
 - random is repeated over every seed; the other strategies run with the first seed only.
   Random picks ignore scores, so the same seed picks the same images for R and S+R.
-- A fine-tuning run is a fixed number of SGD steps (`steps`, batch `batch_size`) whatever k
-  is: the labelled images are repeated to fill them. The final model is evaluated once; the
-  validation split never picks an epoch.
+- A fine-tuning run's budget grows with the labelled set L: `epochs` passes over L, and at
+  least `steps` SGD steps (batch `batch_size`; the labelled images repeat to fill them), so a
+  larger k is not trained less per image. The final model is evaluated once: the validation
+  split never picks an epoch or stops a run (it would leak into the reported AP).
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class ProtocolConfig:
     input_size: str = "640x360"
     base_epochs: int = 10
     steps: int = 40
+    epochs: int = 15
     batch_size: int = 4
     lr: float | None = None
     base_lr: float | None = None
@@ -139,9 +141,11 @@ class ProtocolConfig:
     augment: bool = True
     base_seed: int = 0
     keep_checkpoints: bool = False
+    device: str = "auto"
+    amp: bool | None = None
 
-    # fields that do not change any number in results.csv
-    NOT_RESULTS = ("out", "keep_checkpoints")
+    # fields that do not change any number in results.csv (beyond floating-point noise)
+    NOT_RESULTS = ("out", "keep_checkpoints", "device", "amp")
 
     def fingerprint(self) -> dict[str, Any]:
         data = asdict(self)
@@ -190,6 +194,11 @@ class Outcome:
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
     """As train()'s DataLoader counts them (drop_last once the set exceeds one batch)."""
     return n_images // batch_size if n_images > batch_size else 1
+
+
+def fine_tune_steps(labelled: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """`epochs` passes over the labelled set, at least `min_steps`: grows with L."""
+    return max(min_steps, epochs * -(-labelled // batch_size))
 
 
 def repeated_subset(pool: CocoDataset, ids: list[int], samples: int) -> dict[str, Any]:
@@ -265,6 +274,8 @@ class Protocol:
                 "proposals": c.proposals,
                 "score_threshold": c.score_threshold,
                 "progress": self.progress,
+                "device": c.device,
+                "amp": c.amp,
                 **overrides,
             }
         )
@@ -384,7 +395,8 @@ class Protocol:
     ) -> tuple[Path, int]:
         c = self.config
         run_dir = self.out / "runs" / chain.name / f"c{cycle}"
-        samples = c.steps * c.batch_size
+        steps = fine_tune_steps(len(labelled), c.batch_size, c.epochs, c.steps)
+        samples = steps * c.batch_size
         train_json = write_coco(
             repeated_subset(self.real, labelled, samples), run_dir / "labelled.json"
         )
@@ -396,7 +408,7 @@ class Protocol:
             epochs=1,
             lr=c.lr,
             seed=chain.seed,
-            warmup_steps=max(1, c.steps // 4),
+            warmup_steps=max(1, steps // 4),
             extra_summary={"experiment": {"chain": chain.name, "cycle": cycle}},
         )
         (run_dir / "last.pt").unlink(missing_ok=True)  # optimizer state: not needed again

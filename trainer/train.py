@@ -50,6 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 4, "lr": 1e-5, "momentum": 0.9, "weight_decay": 1e-4},
 }
 FINE_TUNE_LR_FACTOR = 0.5  # fine-tuning starts from good weights: a smaller step keeps them
+TEST_PROPOSALS = 300  # RPN proposals kept at inference
+SCORE_THRESHOLD = 0.05  # detections below it are dropped at inference
 
 
 @dataclass
@@ -71,6 +73,8 @@ class TrainSettings:
     # (small labelled sets get more epochs), at most `max_steps` (0: no cap).
     min_steps: int = 0
     max_steps: int = 0
+    # Wall-clock budget in seconds (0: none): after epoch 1, as many epochs as fit.
+    time_budget_s: float = 0.0
     batch_size: int = 4
     lr: float | None = None
     momentum: float = 0.9
@@ -82,8 +86,8 @@ class TrainSettings:
     workers: int | None = None
     max_steps_per_epoch: int | None = None
     resume: bool = False
-    proposals: int = 300
-    score_threshold: float = 0.05
+    proposals: int = TEST_PROPOSALS
+    score_threshold: float = SCORE_THRESHOLD
     # None: 3 for a new model, the parent's stages for a fine-tune (see set_trainable_layers).
     trainable_layers: int | None = None
     # New light models run the RPN from P3 up (RPNWithoutP2); fine-tunes keep the parent's.
@@ -248,7 +252,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="raise the epoch count until training has made this many SGD steps",
     )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=0.0,
+        help="minutes of wall time: after epoch 1, as many epochs as fit (0: no budget)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
     add_speed_arguments(parser)
 
 
@@ -351,6 +362,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         workers=args.workers,
         max_steps_per_epoch=args.max_steps_per_epoch,
         min_steps=args.min_steps,
+        progress=not args.no_progress,
+        time_budget_s=args.time_budget * 60,
         resume=args.resume,
         proposals=args.proposals,
         score_threshold=args.score_threshold,
