@@ -3,6 +3,13 @@
 For each backbone at the 640x360 model input:
   training   batch 4 of procedural images, SGD; images are decoded once beforehand, so the
              figure is the model's forward + backward + step alone (decoding is timed apart)
+  settings   MobileNetV2-FPN only: the training settings before 0.2 ("today": RPN on P2, 2000
+             proposals, 128 RoIs, NCHW) beside the new defaults (RPN from P3, 500 proposals,
+             64 RoIs, channels_last) and the fine-tuning ones (also 1 trainable backbone
+             stage), timed step by step in turn so that machine load hits all alike
+  --ap-minutes M   AP on real YCB-Video frames reached by "today" and "new" in M minutes of
+             training each (train: scene 0001, validation: scene 0002, mustard bottle; needs
+             ../shared/data/ycbv-sample)
   inference  one image through onnxruntime (CPUExecutionProvider) on the exported ONNX file,
              through the same exportable wrapper in torch eager, and through the stock
              torchvision FasterRCNN in torch eager; the three are timed round-robin so that load
@@ -48,6 +55,8 @@ from dal.trainer.detector import (
     build_detector,
     count_parameters,
     resolve_backbone_weights,
+    set_trainable_layers,
+    set_training_budget,
 )
 
 log = logging.getLogger("bench_detector")
@@ -119,6 +128,129 @@ def bench_training(model: torch.nn.Module, batches: list, warmup: int, steps: in
         "optimizer": {"name": "SGD", **SGD},
         "data_loading": "excluded (batches decoded beforehand)",
     }
+
+
+# name -> (RPN on P2, training proposals, RoIs per image, channels_last, trainable stages)
+TRAINING_SETTINGS: dict[str, tuple[bool, int, int, bool, int]] = {
+    "today": (True, 2000, 128, False, 3),
+    "new": (False, 500, 64, True, 3),
+    "new_finetune": (False, 500, 64, True, 1),
+}
+
+
+def settings_model(name: str, weights: Path | None) -> tuple[torch.nn.Module, bool]:
+    on_p2, proposals, rois, channels_last, layers = TRAINING_SETTINGS[name]
+    config = DetectorConfig(
+        class_names=tuple(f"class{i}" for i in range(CLASSES)),
+        input_width=WIDTH,
+        input_height=HEIGHT,
+        frozen_batchnorm=weights is not None,
+        rpn_on_p2=on_p2,
+    )
+    torch.manual_seed(0)
+    model = build_detector(config, weights)
+    set_trainable_layers(model, config, layers)
+    if on_p2:  # torchvision's own pre-0.2 numbers: 2000 before and after NMS
+        model.rpn._pre_nms_top_n["training"] = proposals
+    set_training_budget(model, proposals, rois)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
+
+
+def bench_settings(coco_path: Path, warmup: int, steps: int) -> dict:
+    """Training images/s of each TRAINING_SETTINGS entry, their steps interleaved."""
+    weights = backbone_weights("mobilenet_v2_fpn")
+    batches, _ = load_batches(coco_path, 2)
+    runs = {}
+    for name in TRAINING_SETTINGS:
+        model, _ = settings_model(name, weights)
+        params = [p for p in model.parameters() if p.requires_grad]
+        runs[name] = (model.train(), torch.optim.SGD(params, **SGD))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for step in range(warmup + steps):
+        images, targets = batches[step % len(batches)]
+        for name, (model, optimizer) in runs.items():
+            start = time.perf_counter()
+            loss = sum(model(images, targets).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    today = statistics.median(times["today"])
+    return {
+        "input_size": f"{WIDTH}x{HEIGHT}",
+        "batch": BATCH,
+        "settings": {
+            name: dict(
+                zip(("rpn_on_p2", "proposals", "rois", "channels_last", "layers"), v, strict=True)
+            )
+            for name, v in TRAINING_SETTINGS.items()
+        },
+        **{
+            name: {
+                "step": median_min(values),
+                "images_per_s": BATCH / statistics.median(values),
+                "speedup_over_today": today / statistics.median(values),
+            }
+            for name, values in times.items()
+        },
+    }
+
+
+def bench_ap_at_equal_time(minutes: float, workdir: Path) -> dict:
+    """AP of today's and the new settings after the same minutes of training on real frames."""
+    from dal.trainer.checkpoint import load_checkpoint
+    from dal.trainer.evaluate import evaluate, torch_predictor
+    from dal.trainer.train import TrainSettings, train
+    from dal.ycb import import_ycb
+
+    scenes = (
+        Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ycbv-sample" / "scenes"
+    )
+    if not scenes.is_dir():
+        raise DalError(f"{scenes}: YCB-Video sample not found", hint="--ap-minutes needs ../shared")
+    split = {}
+    for name, scene in (("train", "0001"), ("val", "0002")):
+        split[name] = import_ycb(
+            scenes, workdir / name, scenes=[scene], classes=["006_mustard_bottle"], images="symlink"
+        )
+    result = {"minutes": minutes, "train": "scene 0001 (20 frames)", "val": "scene 0002 (20)"}
+    for name, (on_p2, proposals, rois, channels_last, layers) in TRAINING_SETTINGS.items():
+        if name == "new_finetune":
+            continue
+        started = time.perf_counter()
+        run = train(
+            TrainSettings(
+                train=split["train"],
+                out=workdir / name,
+                input_size="320x240",
+                epochs=1000,
+                time_budget_s=minutes * 60,
+                rpn_on_p2=on_p2,
+                train_proposals=proposals,
+                train_rois=rois,
+                channels_last=channels_last,
+                trainable_layers=layers,
+                device="cpu",
+                progress=False,
+            )
+        )
+        ckpt = load_checkpoint(run.best_path)
+        metrics, _ = evaluate(
+            torch_predictor(ckpt.build()),
+            load_coco(split["val"]),
+            list(ckpt.config.class_names),
+            progress=False,
+        )
+        result[name] = {
+            "AP": metrics["AP"],
+            "AP50": metrics["AP50"],
+            "epochs": run.epochs_run,
+            "wall_s": time.perf_counter() - started,
+        }
+    return result
 
 
 def bench_inference(ckpt: Checkpoint, onnx_path: Path, image: np.ndarray, runs: int) -> dict:
@@ -243,6 +375,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed training steps first")
     parser.add_argument("--runs", type=int, default=10, help="timed inference runs per engine")
     parser.add_argument("--proposals", type=int, default=300, help="test-time RPN proposals")
+    parser.add_argument(
+        "--ap-minutes",
+        type=float,
+        default=0.0,
+        help="also train today's and the new settings this long each on real YCB-Video frames "
+        "and report AP (needs ../shared; 0: skip)",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.runs < 1 or args.warmup < 0 or args.proposals < 1:
@@ -262,8 +401,12 @@ def main(argv: list[str] | None = None) -> int:
             Path(tmp) / "data", 2 * BATCH, classes=CLASSES, width=WIDTH, height=HEIGHT, seed=0
         )
         image = np.array(read_image(coco_path.parent / "images" / "000000.jpg"))
+        log.info("training settings: today vs new, interleaved")
+        result["training_settings"] = bench_settings(coco_path, args.warmup, args.steps)
         for arch in archs:
             result["archs"][arch] = bench_arch(arch, coco_path, image, args)
+        if args.ap_minutes:
+            result["ap_at_equal_time"] = bench_ap_at_equal_time(args.ap_minutes, Path(tmp) / "ap")
     result["total_s"] = time.perf_counter() - started
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["load_average_end"] = os.getloadavg()

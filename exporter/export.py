@@ -182,12 +182,14 @@ def verify(
     onnx_path: Path,
     images: list[np.ndarray],
     options: ExportOptions = ExportOptions(),
+    providers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """torch vs onnxruntime on images already at the model's input size."""
+    """torch vs onnxruntime (CPU unless `providers` says otherwise) on images already at the
+    model's input size."""
     import onnxruntime as ort
 
     wrapper = exportable(ckpt, options)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
     reports = [
         compare_outputs(torch_outputs(wrapper, im), onnx_outputs(session, im)) for im in images
     ]

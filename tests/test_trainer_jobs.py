@@ -29,19 +29,25 @@ CLASSES = ("washer", "l_bracket")
 
 
 @pytest.mark.parametrize(
-    ("candidate", "current", "tolerance", "promote"),
+    ("candidate", "current", "tolerance", "relative", "promote"),
     [
-        (0.50, 0.50, 0.0, True),
-        (0.49, 0.50, 0.0, False),
-        (0.49, 0.50, 0.02, True),
-        (0.47, 0.50, 0.02, False),
-        (0.0, 0.0, 0.0, True),
+        (0.50, 0.50, 0.0, 0.0, True),
+        (0.49, 0.50, 0.0, 0.0, False),
+        (0.49, 0.50, 0.02, 0.0, True),
+        (0.47, 0.50, 0.02, 0.0, False),
+        (0.0, 0.0, 0.0, 0.0, True),
+        (0.48, 0.50, 0.0, 0.05, True),  # 5 % of 0.50 = 0.025
+        (0.039, 0.044, 0.0, 0.05, False),  # the demo's case: 5 % of 0.044 is 0.0022
+        (0.039, 0.044, 0.02, 0.05, True),  # the larger margin wins
     ],
 )
-def test_gate(candidate: float, current: float, tolerance: float, promote: bool) -> None:
-    ok, why = gate(candidate, current, tolerance)
+def test_gate(
+    candidate: float, current: float, tolerance: float, relative: float, promote: bool
+) -> None:
+    ok, why = gate(candidate, current, tolerance, relative)
     assert ok is promote
     assert f"{candidate:.4f}" in why and ("≥" if promote else "<") in why
+    assert why.startswith("promoted" if promote else "refused")
 
 
 @pytest.mark.timeout(600)

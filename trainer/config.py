@@ -128,7 +128,18 @@ class FinetuneSection:
     tolerance: float = field(
         default=0.0,
         metadata=doc(
-            "Promote a candidate only if its AP ≥ the current model's AP - tolerance.", min=0.0
+            "Promote a candidate only if its AP ≥ the current model's AP - margin; the margin "
+            "is the larger of this (AP points) and relative_tolerance times the current AP.",
+            min=0.0,
+        ),
+    )
+    relative_tolerance: float = field(
+        default=0.0,
+        metadata=doc(
+            "Margin of the promotion gate as a fraction of the current AP (0.05 = 5 %): it "
+            "scales with the model, unlike a fixed tolerance.",
+            min=0.0,
+            max=1.0,
         ),
     )
     device: str = field(

@@ -35,6 +35,7 @@ import numpy as np
 from dal.coco import load_coco, read_image, write_coco
 from dal.errors import DalError
 from dal.strategies import STRATEGIES, Candidates, select
+from dal.trainer.device import parse_device
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def _train(
     epochs: int,
     init: Path | None,
     seed: int,
+    device: str = "auto",
 ):
     from dal.trainer.train import TrainSettings, train
 
@@ -95,15 +97,16 @@ def _train(
             patience=epochs,
             seed=seed,
             warmup_steps=10,
+            device=device,
         )
     )
 
 
-def _sheet(tiles: list[np.ndarray], path: Path) -> None:
+def _sheet(tiles: list[np.ndarray], path: Path, captions: list[str] | None = None) -> None:
     from dal.drawing import contact_sheet
 
     if tiles:
-        contact_sheet(tiles, columns=5, tile_width=240).save(path)
+        contact_sheet(tiles, columns=5, tile_width=240, captions=captions).save(path)
 
 
 def _coco_tiles(pool_json: Path, picked: list[int]) -> list[np.ndarray]:
@@ -120,17 +123,22 @@ def _coco_tiles(pool_json: Path, picked: list[int]) -> list[np.ndarray]:
     return tiles
 
 
-def _plot(history: list[dict], path: Path, title: str) -> None:
+def _plot(history: list[dict], path: Path, title: str, baseline: list[dict] | None = None) -> None:
+    """Deployed AP against labels; the random baseline beside it when there is one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [r["labelled"] for r in history]
-    ax.plot(xs, [r["AP"] for r in history], "o-", label="deployed model")
+    curves = [(history, "o-", "deployed model (agent's query)")]
+    if baseline:
+        curves.append((baseline, "s--", "random picks, same M0, pool and budget"))
+    for rows, style, label in curves:
+        ax.plot([r["labelled"] for r in rows], [r["AP"] for r in rows], style, label=label)
     ax.set_xlabel("labelled workbench images")
     ax.set_ylabel("AP@[0.5:0.95] on workbench validation")
+    ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -141,7 +149,7 @@ def _plot(history: list[dict], path: Path, title: str) -> None:
 
 def _write_results(out: Path, doc: dict[str, Any], title: str) -> None:
     (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
-    _plot(doc["cycles"], out / "ap_vs_labels.png", title)
+    _plot(doc["cycles"], out / "ap_vs_labels.png", title, doc.get("random"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +347,8 @@ def _trainer_config(out: Path, broker: Any, plan: DemoPlan, m0: Path, paths: dic
                 "settle_s": 2.0,
                 "val": str(paths["val_json"]),
                 "tolerance": args.tolerance,
+                "relative_tolerance": args.relative_tolerance,
+                "device": args.device,
                 "epochs": plan.cycle_epochs,
                 "patience": plan.cycle_epochs,
                 "verify_images": 1,
@@ -394,12 +404,13 @@ def _agent_config(out: Path, broker: Any, model: Path, paths: dict, args: Any):
     )
 
 
-def _picks_tiles(trainer: Any, sample_ids: list[str]) -> list[np.ndarray]:
-    """The picked samples as the trainer stored them, with the oracle's boxes."""
+def _picks_tiles(trainer: Any, sample_ids: list[str]) -> tuple[list[np.ndarray], list[str]]:
+    """The picked samples as the trainer stored them, with the oracle's boxes, captioned with
+    their pick rank and the agent's uncertainty score."""
     from dal.drawing import draw_detections
 
-    tiles = []
-    for sample_id in sample_ids:
+    tiles, captions = [], []
+    for rank, sample_id in enumerate(sample_ids, start=1):
         sample, label = trainer.store.get(sample_id), trainer.store.label(sample_id)
         if sample is None:
             continue
@@ -408,7 +419,50 @@ def _picks_tiles(trainer: Any, sample_ids: list[str]) -> list[np.ndarray]:
         classes = sorted(set(names))
         ids = [classes.index(n) + 1 for n in names]  # labels are 1..C
         tiles.append(draw_detections(read_image(sample.path), boxes, ids, class_names=classes))
-    return tiles
+        captions.append(f"pick #{rank}  score {sample.score:.2f}")
+    return tiles, captions
+
+
+def _random_baseline(
+    trainer_config: Any, m0: Path, m0_ap: float, paths: dict, args: Any, out: Path
+) -> list[dict[str, Any]]:
+    """Random picks from the same pool and M0, fine-tuned and gated exactly like the trainer's
+    jobs: the curve the agent's query has to beat."""
+    from dal.trainer.jobs import evaluate_checkpoint, finetune_settings, gate
+    from dal.trainer.train import train
+
+    pool, val = load_coco(paths["pool_json"]), load_coco(paths["val_json"])
+    rng = np.random.default_rng(args.seed)
+    order = [int(i) for i in rng.permutation([rec.id for rec in pool.images])]
+    ft = trainer_config.finetune
+    deployed, deployed_ap = m0, m0_ap
+    rows = [{"cycle": 0, "labelled": 0, "AP": m0_ap}]
+    for cycle in range(1, args.cycles + 1):
+        labelled = order[: cycle * args.k]
+        run_dir = out / "random-baseline" / f"c{cycle}"
+        labels = write_coco(pool.subset(labelled).to_json(), run_dir / "labels.json")
+        settings = finetune_settings(
+            trainer_config,
+            labels_json_with_root(labels, paths["pool_json"]),
+            None,
+            deployed,
+            run_dir / "run",
+        )
+        candidate = train(settings).best_path
+        candidate_ap = evaluate_checkpoint(candidate, val, ft.device)["AP"]
+        ok, why = gate(candidate_ap, deployed_ap, ft.tolerance, ft.relative_tolerance)
+        if ok:
+            deployed, deployed_ap = candidate, candidate_ap
+        _say(f"random baseline, cycle {cycle}: {why}")
+        rows.append(
+            {
+                "cycle": cycle,
+                "labelled": len(labelled),
+                "AP": deployed_ap,
+                "candidate_AP": candidate_ap,
+            }
+        )
+    return rows
 
 
 def _run_cycle(cycle: int, ctx: dict[str, Any], args: Any, plan: DemoPlan) -> dict[str, Any]:
@@ -474,7 +528,8 @@ def _run_cycle(cycle: int, ctx: dict[str, Any], args: Any, plan: DemoPlan) -> di
             600,
             health,
         )
-    _sheet(_picks_tiles(trainer, picked), ctx["out"] / f"cycle{cycle}-picks.jpg")
+    tiles, captions = _picks_tiles(trainer, picked)
+    _sheet(tiles, ctx["out"] / f"cycle{cycle}-picks.jpg", captions)
     return {
         "cycle": cycle,
         "labelled": want,
@@ -512,7 +567,9 @@ def run_networked(out: Path, plan: DemoPlan, args: argparse.Namespace) -> dict:
     )
     pool_dir, pool_json, val_json = _split(wb_json, out, plan.pool)
     _say(f"stage 3/6: training base model M0 on the synthetic set ({plan.base_epochs} epochs)")
-    m0 = _train(synthetic_json, val_json, out / "m0", plan, plan.base_epochs, None, args.seed)
+    m0 = _train(
+        synthetic_json, val_json, out / "m0", plan, plan.base_epochs, None, args.seed, args.device
+    )
     keys = out / "trainer" / "keys"
     paths = {
         "pool_dir": pool_dir,
@@ -528,7 +585,8 @@ def run_networked(out: Path, plan: DemoPlan, args: argparse.Namespace) -> dict:
         broker = start_broker(out / "broker", args.broker)
         stack.append(broker.stop)
         _say(f"stage 4/6: MQTT broker ({broker.kind}) on {broker.host}:{broker.port}")
-        trainer = TrainerService(_trainer_config(out, broker, plan, m0.best_path, paths, args))
+        trainer_config = _trainer_config(out, broker, plan, m0.best_path, paths, args)
+        trainer = TrainerService(trainer_config)
         _say("stage 5/6: trainer service: registering, exporting and signing M0")
         trainer.start(wait_connected_s=30)
         stack.append(trainer.stop)
@@ -577,6 +635,10 @@ def run_networked(out: Path, plan: DemoPlan, args: argparse.Namespace) -> dict:
             row = _run_cycle(cycle, ctx, args, plan)
             history.append(row)
             _say(f"cycle {cycle}: deployed AP {row['AP']:.3f} with {row['labelled']} labels")
+        _say(f"baseline: random picks from the same M0, pool and budget ({args.cycles} cycles)")
+        random_rows = _random_baseline(
+            trainer_config, m0.best_path, history[0]["AP"], paths, args, out
+        )
         doc = {
             "mode": "networked",
             "broker": broker.kind,
@@ -586,6 +648,7 @@ def run_networked(out: Path, plan: DemoPlan, args: argparse.Namespace) -> dict:
             "m0_version": m0_record.version,
             "agent_model_version": agent.models.version,
             "cycles": history,
+            "random": random_rows,
             "seconds": round(time.perf_counter() - started, 1),
         }
         _write_results(out, doc, "dal demo: agent + trainer over MQTT, DBAL cycles")
@@ -626,8 +689,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tolerance",
         type=float,
-        default=0.02,
+        default=0.0,
         help="promotion gate: a candidate may be this much AP below the current model",
+    )
+    parser.add_argument(
+        "--relative-tolerance",
+        type=float,
+        default=0.05,
+        help="promotion gate: ... or this fraction of the current AP, whichever is larger",
+    )
+    parser.add_argument(
+        "--device",
+        type=parse_device,
+        default="auto",
+        help="training device: auto (CUDA when torch sees it, else CPU), cpu, cuda or cuda:N",
     )
     parser.add_argument("--synthetic", type=int, help="synthetic images (overrides the plan)")
     parser.add_argument("--pool", type=int, help="workbench pool images")
@@ -656,11 +731,11 @@ def _plan(args: argparse.Namespace) -> DemoPlan:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from dal.trainer.device import set_cpu_threads
 
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(os.cpu_count() or 1)
+    set_cpu_threads(None)
     plan = _plan(args)
     if plan.pool < args.k * args.cycles:
         raise DalError(

@@ -110,15 +110,22 @@ class JobContext:
 # pure parts
 
 
-def gate(candidate_ap: float, current_ap: float, tolerance: float) -> tuple[bool, str]:
-    """The promotion rule: not worse than the current model by more than `tolerance`."""
-    threshold = current_ap - tolerance
-    verdict = "≥" if candidate_ap >= threshold else "<"
+def gate(
+    candidate_ap: float, current_ap: float, tolerance: float, relative: float = 0.0
+) -> tuple[bool, str]:
+    """The promotion rule: not worse than the current model by more than the larger of
+    `tolerance` (AP points) and `relative` times the current AP.
+
+    A relative margin scales with the model: 0.02 AP is noise at AP 0.6 but half of AP 0.04."""
+    margin = max(tolerance, relative * current_ap)
+    threshold = current_ap - margin
+    ok = candidate_ap >= threshold
     why = (
-        f"AP {candidate_ap:.4f} {verdict} current {current_ap:.4f} - tolerance {tolerance:g}"
-        f" = {threshold:.4f}"
+        f"{'promoted' if ok else 'refused'}: candidate AP {candidate_ap:.4f} "
+        f"{'≥' if ok else '<'} {threshold:.4f} = current {current_ap:.4f} - margin {margin:.4f} "
+        f"(larger of tolerance {tolerance:g} and {relative:.0%} of the current AP)"
     )
-    return candidate_ap >= threshold, why
+    return ok, why
 
 
 def last_trained_revision(registry: Registry) -> int:
@@ -372,26 +379,25 @@ def adopt_initial(ctx: JobContext, checkpoint: Path) -> ModelRecord:
 # the job
 
 
-def _train(
-    ctx: JobContext,
-    current: ModelRecord,
+def finetune_settings(
+    config: TrainerConfig,
     train_json: Path,
-    root: Path,
-    job_dir: Path,
-    summary: dict[str, Any],
+    train_images: Path | None,
+    init: Path,
+    out: Path,
+    extra_summary: dict[str, Any] | None = None,
 ):
-    from dal.trainer.device import set_cpu_threads
-    from dal.trainer.train import TrainSettings, train
+    """The TrainSettings of a fine-tune job; `dal demo`'s random baseline uses the same."""
+    from dal.trainer.train import TrainSettings
 
-    ft = ctx.config.finetune
-    set_cpu_threads(ft.threads or None)
-    settings = TrainSettings(
+    ft = config.finetune
+    return TrainSettings(
         train=train_json,
-        train_images=root,
-        val=optional_path(ctx.config, ft.val),
-        val_images=optional_path(ctx.config, ft.val_images),
-        out=job_dir / "run",
-        init=current.checkpoint,
+        train_images=train_images,
+        val=optional_path(config, ft.val),
+        val_images=optional_path(config, ft.val_images),
+        out=out,
+        init=init,
         backbone_weights="none",
         epochs=ft.epochs,
         min_steps=ft.min_steps,
@@ -405,21 +411,26 @@ def _train(
         workers=ft.workers,
         max_steps_per_epoch=ft.max_steps_per_epoch or None,
         progress=False,
-        extra_summary={"label_revision": summary["label_revision"], "job": job_dir.name},
+        extra_summary=extra_summary or {},
     )
-    return train(settings)
 
 
-def last_job_result(ctx: JobContext) -> dict[str, Any] | None:
-    """The newest job's result.json, if any job ran."""
-    results = sorted(ctx.jobs_dir.glob("*/result.json"))
-    if not results:
-        return None
-    try:
-        return json.loads(results[-1].read_text())
-    except (OSError, ValueError) as err:
-        logger.warning("cannot read %s: %s", results[-1], err)
-        return None
+def _train(
+    ctx: JobContext,
+    current: ModelRecord,
+    train_json: Path,
+    root: Path,
+    job_dir: Path,
+    summary: dict[str, Any],
+):
+    from dal.trainer.device import set_cpu_threads
+    from dal.trainer.train import train
+
+    set_cpu_threads(ctx.config.finetune.threads or None)
+    extra = {"label_revision": summary["label_revision"], "job": job_dir.name}
+    return train(
+        finetune_settings(ctx.config, train_json, root, current.checkpoint, job_dir / "run", extra)
+    )
 
 
 def _skip(reason: str, **fields: Any) -> JobResult:
@@ -516,7 +527,9 @@ def _gate_and_release(
         ctx.registry.mark(version, "failed", f"could not evaluate the current model: {err}")
         return JobResult(FAILED, str(err), **fields)
     fields["current_ap"] = cur["AP"]
-    ok, why = gate(candidate.ap or 0.0, cur["AP"], ctx.config.finetune.tolerance)
+    ft = ctx.config.finetune
+    ok, why = gate(candidate.ap or 0.0, cur["AP"], ft.tolerance, ft.relative_tolerance)
+    logger.info("promotion gate: %s", why)
     if not ok:
         ctx.registry.mark(version, "rejected", why)
         return JobResult(REJECTED, why, **fields)
