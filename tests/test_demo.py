@@ -55,5 +55,8 @@ def test_demo_runs_two_networked_cycles(tmp_path: Path) -> None:
     # the agent ended on the last promoted model, newer than M0 (versions sort by time)
     assert doc["agent_model_version"] == cycles[-1]["model"]
     assert doc["agent_model_version"] > doc["m0_version"]
+    # the random baseline: same M0, same pool, same number of labels per cycle
+    assert [row["labelled"] for row in doc["random"]] == [0, 4, 8]
+    assert doc["random"][0]["AP"] == doc["cycles"][0]["AP"]
     assert (out / "ap_vs_labels.png").stat().st_size > 0
     assert (out / "cycle1-picks.jpg").is_file() and (out / "cycle2-picks.jpg").is_file()

@@ -54,10 +54,19 @@ class DemoPlan:
     base_epochs: int
     cycle_epochs: int
     samples: int = 4  # Cycles samples per pixel (networked mode)
+    cycle_min_steps: int = 60  # fewest SGD steps per fine-tune, however few the labels
 
 
 PLANS = {
-    "fast": DemoPlan(size=(320, 192), synthetic=24, pool=24, val=8, base_epochs=2, cycle_epochs=1),
+    "fast": DemoPlan(
+        size=(320, 192),
+        synthetic=24,
+        pool=24,
+        val=8,
+        base_epochs=2,
+        cycle_epochs=1,
+        cycle_min_steps=6,
+    ),
     "full": DemoPlan(
         size=(320, 192), synthetic=80, pool=60, val=20, base_epochs=6, cycle_epochs=3, samples=8
     ),
@@ -350,6 +359,7 @@ def _trainer_config(out: Path, broker: Any, plan: DemoPlan, m0: Path, paths: dic
                 "relative_tolerance": args.relative_tolerance,
                 "device": args.device,
                 "epochs": plan.cycle_epochs,
+                "min_steps": plan.cycle_min_steps,
                 "patience": plan.cycle_epochs,
                 "verify_images": 1,
                 "seed": args.seed,
