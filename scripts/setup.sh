@@ -83,7 +83,7 @@ fi
 
 # This checkout's own venv. The stamp covers the cache, pyproject.toml (the editable install
 # depends on its package list and scripts), this script and where the checkout lies.
-stamp=$( (echo "$base"; pwd; cat pyproject.toml "$0") | sha256sum | cut -c1-16)
+stamp=$( (echo "$base"; pwd; cat pyproject.toml scripts/setup.sh) | sha256sum | cut -c1-16)
 if [ -L .venv ]; then
     rm .venv  # the old layout linked .venv to the shared environment
 fi
