@@ -86,16 +86,29 @@ def test_exporting_a_damaged_checkpoint_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_eval_gives_the_same_ap_for_checkpoint_and_onnx(tiny_model: TinyModel,
-                                                        tmp_path: Path) -> None:
+def test_eval_gives_the_same_ap_for_checkpoint_and_onnx(
+    tiny_model: TinyModel, tmp_path: Path
+) -> None:
     from dal.cli import main
 
     results = {}
     for name, model in (("pt", tiny_model.checkpoint), ("onnx", tiny_model.onnx)):
         out = tmp_path / f"{name}.json"
         grid = tmp_path / f"{name}.png"
-        assert main(["eval", str(model), str(tiny_model.val_json), "--out", str(out),
-                     "--grid", str(grid)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    str(model),
+                    str(tiny_model.val_json),
+                    "--out",
+                    str(out),
+                    "--grid",
+                    str(grid),
+                ]
+            )
+            == 0
+        )
         results[name] = json.loads(out.read_text())
         assert grid.stat().st_size > 0
     assert results["onnx"]["AP"] == pytest.approx(results["pt"]["AP"], abs=0.01)
