@@ -37,7 +37,6 @@ StoreFn = Callable[[SampleHeader, Path], None]
 HasFn = Callable[[str], bool]
 
 
-
 def _iter_pieces(data: Payload, chunk_size: int) -> Iterator[bytes]:
     """The payload in chunk_size pieces; a file is read piece by piece, never whole."""
     if isinstance(data, bytes | bytearray | memoryview):
