@@ -141,7 +141,8 @@ def agent_fps(model: Path, recording: Path, n: int, work: Path, dedup: bool) -> 
 
 def bench_cycle(rows: int, work: Path) -> dict:
     """Time a full cycle (SQLite read + DBAL + outbox transaction) on a big pool."""
-    from dal.agent.cycle import QuerySettings, run_cycle
+    from dal.agent.config import QueryConfig
+    from dal.agent.cycle import run_cycle
     from dal.agent.outbox import Outbox
     from dal.agent.pool import Pool
 
@@ -172,7 +173,7 @@ def bench_cycle(rows: int, work: Path) -> dict:
         )
         pool.connection.execute("COMMIT")
     outbox = Outbox(pool.db_path, "bench")
-    settings = QuerySettings("dbal", 25, 2.0)
+    settings = QueryConfig("dbal", 25, 2.0)
     times = []
     for _ in range(3):
         started = time.perf_counter()

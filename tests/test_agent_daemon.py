@@ -31,9 +31,11 @@ from model_fixtures import TinyModel
 
 from dal.agent.config import CycleConfig
 from dal.agent.cycle import COMMAND, DRIFT, POOL_GROWTH, TIMER, CycleTrigger, decide
-from dal.agent.daemon import AgentDaemon, Worker
+from dal.agent.daemon import AgentDaemon
 from dal.agent.outbox import ACKED, REJECTED, Outbox
-from dal.agent.pool import POOLED, QUEUED, SHIPPED, Pool
+from dal.agent.pool import Pool
+from dal.agent.pool_schema import POOLED, QUEUED, SHIPPED
+from dal.agent.supervisor import Worker
 from dal.errors import StorageError
 from dal.link import TOPICS, Ack, Command, Link, topic
 from dal.link.topics import AGENT as AGENT_PUBLISHER

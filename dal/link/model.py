@@ -39,7 +39,7 @@ from dal.link.chunks import (
 )
 from dal.link.client import Link, Pending
 from dal.link.messages import MAX_REQUEST_CHUNKS, ModelManifest, ModelRequest, chunk_count, now
-from dal.link.signing import sign_manifest, verify_manifest
+from dal.link.signing import sign_manifest, verify_manifest, verify_model_file
 from dal.link.topics import ANY_AGENT, agent_of, check_agent_id
 
 logger = logging.getLogger(__name__)
@@ -392,10 +392,7 @@ class ModelDownloader:
         m = d.manifest
         try:
             _fsync_file(d.part, truncate_to=m.size)
-            digest = sha256_file(d.part)
-            if digest != m.sha256:
-                raise LinkError(f"sha256 of the assembled model is {digest}, manifest: {m.sha256}")
-            verify_manifest(m, self.public_key)
+            verify_model_file(m, d.part, self.public_key)
             final = self.dest_dir / m.filename
             os.replace(d.part, final)
             fsync_dir(self.dest_dir)
