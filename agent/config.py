@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from dal import config as cfg
+from dal.agent.providers import DEFAULT_PROVIDERS
 from dal.config import doc
 from dal.errors import ConfigError, LinkError
 from dal.link.settings import MqttSection
@@ -26,12 +27,6 @@ from dal.strategies import STRATEGIES
 
 ColorResolution = Literal["720p", "1080p", "1440p", "1536p", "2160p", "3072p"]
 DepthMode = Literal["off", "nfov_2x2binned", "nfov_unbinned", "wfov_2x2binned", "wfov_unbinned"]
-
-DEFAULT_PROVIDERS = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CPUExecutionProvider",
-)
 
 
 @dataclass(frozen=True)

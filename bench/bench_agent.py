@@ -42,8 +42,9 @@ from recordings import write_kinect_mkv
 
 from dal.agent.config import AgentConfig
 from dal.agent.daemon import AgentDaemon
-from dal.agent.detector import Detector, fit_image
+from dal.agent.detector import Detector
 from dal.config import from_dict
+from dal.letterbox import fit_image
 
 
 def camera_frames(n: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:

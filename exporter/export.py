@@ -209,8 +209,8 @@ def verify(
 
 def load_images_at_input_size(paths: list[Path], width: int, height: int) -> list[np.ndarray]:
     """Read images and letterbox them to the model input the way the agent does."""
-    from dal.agent.detector import fit_image, plan_fit
     from dal.coco import read_image
+    from dal.letterbox import fit_image, plan_fit
 
     out = []
     for path in paths:
