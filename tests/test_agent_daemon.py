@@ -287,8 +287,12 @@ def test_camera_loss_reconnects_with_backoff_and_is_reported(tmp_path: Path, mod
         assert "not found" in json.loads(status_file.read_text())["source"]["last_error"]
         recording(tmp_path / "tmp.mkv", 8).rename(missing)  # the camera comes back
         wait_pooled(daemon, 8)
-        kinds = [e["kind"] for e in daemon.recent_events]
-        assert "source_lost" in kinds and "source_connected" in kinds
+
+        def reported() -> bool:  # the supervisor's next tick turns the state into events
+            kinds = {e["kind"] for e in daemon.recent_events}
+            return {"source_lost", "source_connected"} <= kinds
+
+        wait_until(reported, 10.0, "source_lost and source_connected events")
         assert daemon.source.state.reconnects == 1
     finally:
         daemon.stop()
