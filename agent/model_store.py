@@ -19,13 +19,12 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from dal.errors import StorageError
-from dal.fileio import atomic_write_json, fsync_dir
+from dal.fileio import atomic_write_json, copy_durably, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +79,7 @@ class ModelStore:
             if move:
                 os.replace(source, target)
             else:
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(source, tmp)
-                with open(tmp, "rb+") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(tmp, target)
+                copy_durably(source, target)
             fsync_dir(self.versions)
         except OSError as err:
             raise StorageError(
