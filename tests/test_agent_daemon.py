@@ -359,7 +359,7 @@ def test_broker_killed_mid_transfer_every_sample_arrives_once(
         daemon.request_cycle()
         receiver.wait_for(2, 30.0)
         broker.kill()
-        time.sleep(0.5)
+        wait_until(lambda: not daemon.link.connected, 10, "the agent to notice the broker is gone")
         broker.start()
         receiver.wait_for(8, 60.0)
         wait_until(lambda: daemon.outbox.counts()["acked"] == 8, 30.0, "8 acked samples")

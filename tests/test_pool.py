@@ -10,11 +10,11 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from broker import wait_until
 
 from dal.agent import pool as pl
 from dal.agent.pool import Pool, Scored, decode_jpeg
@@ -253,9 +253,12 @@ def test_low_free_space_refuses_before_writing(tmp_path: Path) -> None:
         assert len(pool) == 0 and files_on_disk(pool) == set()
 
 
-def rows_in(db: Path) -> int:
+def newest_in(db: Path) -> float:
+    """The latest capture time in a pool database another process is writing (-1: none yet)."""
+    if not db.exists():
+        return -1.0
     with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
-        return conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        return conn.execute("SELECT COALESCE(MAX(capture_time), -1) FROM samples").fetchone()[0]
 
 
 CHILD = textwrap.dedent("""
@@ -280,10 +283,8 @@ def test_kill_during_inserts_leaves_no_row_without_its_file(tmp_path: Path) -> N
     )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and rows_in(root / pl.DB_NAME) < 40:
-            time.sleep(0.05)  # wait until the pool is full, so inserts also evict
-        time.sleep(0.2)
+        # until the pool is full and 20 more inserts have had to evict
+        wait_until(lambda: newest_in(root / pl.DB_NAME) >= 60, 30, "inserts that evict")
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
