@@ -302,7 +302,6 @@ def test_camera_loss_reconnects_with_backoff_and_is_reported(tmp_path: Path, mod
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # the session's tiny model may be trained in this test's setup
 def test_recording_through_exported_model_ships_dbal_picks(
     tmp_path: Path, tiny_model: TinyModel, broker: Broker, make_link: Callable[..., Link]
 ) -> None:
