@@ -28,7 +28,7 @@ from dal.agent.cycle import CycleTrigger
 from dal.agent.detector import Detections
 from dal.agent.model_update import ActiveModel, ModelManager
 from dal.agent.outbox import Outbox
-from dal.agent.policy import DriftMonitor, DriftReport, KeepPolicy, ReferenceStats
+from dal.agent.policy import DriftMonitor, KeepPolicy, ReferenceStats
 from dal.agent.pool import Pool, Scored
 from dal.agent.sources import Frame, ReconnectingSource
 from dal.agent.supervisor import Beat
@@ -210,27 +210,23 @@ class Pipeline:
         if not self.config.drift.enabled:
             return
         with self._drift_lock:
-            had_reference = self.drift.reference is not None
+            before = self.drift.reference
             self.drift.update(score, feature)
             reference = self.drift.reference
-        if reference is not None and not had_reference:
+        if reference is not None and reference is not before:  # calibrated, or settled
             self.outbox.set_state(DRIFT_REFERENCE, reference.to_dict())
 
     def drifting(self) -> bool:
         return self.drift.last.drift
 
     def rebase_drift(self) -> None:
-        """After a drift cycle the current statistics become the reference: the next drift
-        cycle needs a new shift, not the same one seen again."""
+        """After a drift cycle the reference moves to the new scene (DriftMonitor.rebase): the
+        next drift cycle needs a new shift, not the same one seen again."""
         with self._drift_lock:
-            if self.drift.stats.feature_mean is None:
-                return
-            self.drift.reference = ReferenceStats.from_running(
-                self.drift.stats, self.drift.model_version
-            )
-            self.drift.last = DriftReport(False, 0.0, 0.0, self.drift.stats.count)
+            self.drift.rebase()
             reference = self.drift.reference
-        self.outbox.set_state(DRIFT_REFERENCE, reference.to_dict())
+        if reference is not None:
+            self.outbox.set_state(DRIFT_REFERENCE, reference.to_dict())
 
     # -- store ---------------------------------------------------------------------------------
 
