@@ -1,4 +1,5 @@
-# One entry point per job. Every target sets up (or reuses) the cached environment first.
+# One entry point per job. Every target sets up (or reuses) the environment first: this
+# checkout's own .venv over the shared third-party one (scripts/setup.sh).
 .PHONY: setup test lint demo bench clean
 
 setup:
@@ -6,7 +7,7 @@ setup:
 
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/pytest -q --durations=15
+	.venv/bin/python -m pytest -q --durations=15
 
 lint: setup
 	.venv/bin/ruff check .

@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from dal.agent.pool_schema import STATES
 from dal.errors import ConfigError, DependencyError, StorageError
 
 DEFAULT_CONFIG = Path("/etc/dal/agent.toml")
@@ -58,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pool.add_argument(
         "--state",
         default="pooled",
-        choices=["pooled", "selected", "queued", "shipped", "labelled"],
+        choices=STATES,
         help="which samples (default pooled)",
     )
     pool.add_argument("--json", action="store_true", help="print JSON")
@@ -117,10 +116,13 @@ def _run(args: argparse.Namespace) -> int:
 
 class PoolView:
     """Reads a pool database without opening `Pool` (whose start-up sweep must only run in the
-    daemon: it could remove an image the daemon is about to commit)."""
+    daemon: it could remove an image the daemon is about to commit). The rows are read with
+    sqlite-utils; the query's candidates with the pool's own `read_candidates`."""
 
     def __init__(self, root: Path) -> None:
-        from dal.agent.pool import DB_NAME
+        import sqlite_utils
+
+        from dal.agent.pool_schema import DB_NAME
 
         self.root = root
         db = root / DB_NAME
@@ -133,35 +135,21 @@ class PoolView:
             self.conn.execute("PRAGMA busy_timeout=10000")
         except sqlite3.Error as err:
             raise StorageError(f"cannot read {db}: {err}") from None
+        self.db = sqlite_utils.Database(self.conn)
 
-    def _all(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def _read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return self.conn.execute(sql, params).fetchall()
+            return fn(*args, **kwargs)
         except sqlite3.Error as err:
             raise StorageError(f"reading {self.root}: {err}") from None
 
-    def _has_table(self, name: str) -> bool:
-        return bool(self._all("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)))
+    def _rows(self, table: str, **kwargs: Any) -> list[dict[str, Any]]:
+        return self._read(lambda: list(self.db[table].rows_where(**kwargs)))
 
     def candidates(self, states: Any = ("pooled",)) -> Any:
-        from dal.contract import FEATURE_DIM
-        from dal.strategies import Candidates
+        from dal.agent.pool_schema import read_candidates
 
-        states = tuple(states)
-        marks = ", ".join("?" * len(states))
-        rows = self._all(
-            f"SELECT sample_id, score, feature FROM samples WHERE state IN ({marks}) "
-            "ORDER BY sample_id",
-            states,
-        )
-        if not rows:
-            return Candidates([], np.empty(0), np.empty((0, FEATURE_DIM), np.float32))
-        features = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4")
-        return Candidates(
-            [r[0] for r in rows],
-            np.array([r[1] for r in rows], dtype=np.float64),
-            features.reshape(len(rows), -1).astype(np.float32),
-        )
+        return self._read(read_candidates, self.conn, states)
 
     def samples(self, ids: list[str] | None = None, state: str = "pooled", top: int = 0) -> list:
         cols = "sample_id, score, capture_time, model_version, detections, jpeg_path, state"
@@ -169,55 +157,52 @@ class PoolView:
             rows = [
                 r
                 for i in ids
-                for r in self._all(f"SELECT {cols} FROM samples WHERE sample_id = ?", (i,))
+                for r in self._rows("samples", where="sample_id = ?", where_args=[i], select=cols)
             ]
         else:
-            rows = self._all(
-                f"SELECT {cols} FROM samples WHERE state = ? "
-                "ORDER BY score DESC, capture_time DESC LIMIT ?",
-                (state, top),
+            rows = self._rows(
+                "samples",
+                where="state = ?",
+                where_args=[state],
+                order_by="score DESC, capture_time DESC",
+                select=cols,
+                limit=top,
             )
-        return [
-            {
-                "sample_id": r[0],
-                "score": r[1],
-                "capture_time": r[2],
-                "model_version": r[3],
-                "detections": json.loads(r[4]),
-                "jpeg_path": str(self.root / r[5]),
-                "state": r[6],
-            }
-            for r in rows
-        ]
+        for row in rows:
+            row["detections"] = json.loads(row["detections"])
+            row["jpeg_path"] = str(self.root / row["jpeg_path"])
+        return rows
+
+    def _count_by(self, table: str, column: str) -> dict[str, int]:
+        sql = f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column}"
+        return dict(self._read(lambda: self.conn.execute(sql).fetchall()))
 
     def counts(self) -> dict[str, Any]:
-        by_state = dict(self._all("SELECT state, COUNT(*) FROM samples GROUP BY state"))
-        total = self._all("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM samples")[0]
+        by_state = self._count_by("samples", "state")
+        total = self._read(lambda: self.db["samples"].count)
+        size = self._read(lambda: self.conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM samples"))
         outbox: dict[str, int] = {}
         last = None
-        if self._has_table("outbox"):
-            outbox = dict(self._all("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
-            row = self._all(
-                "SELECT cycle, started, reason, strategy, k, beta, selected FROM cycles "
-                "ORDER BY cycle DESC LIMIT 1"
-            )
-            if row:
-                keys = ("cycle", "started", "reason", "strategy", "k", "beta", "selected")
-                last = dict(zip(keys, row[0], strict=True))
+        if self._read(self.db["outbox"].exists):
+            outbox = self._count_by("outbox", "status")
+            keys = "cycle, started, reason, strategy, k, beta, selected"
+            rows = self._rows("cycles", select=keys, order_by="cycle DESC", limit=1)
+            last = rows[0] if rows else None
         return {
-            "pool": {"count": total[0], "bytes": total[1], "by_state": by_state},
+            "pool": {"count": total, "bytes": size.fetchone()[0], "by_state": by_state},
             "outbox": outbox,
             "last_cycle": last,
         }
 
     def next_cycle(self) -> int:
-        if not self._has_table("sqlite_sequence"):
+        if not self._read(self.db["sqlite_sequence"].exists):
             return 1
-        row = self._all("SELECT seq FROM sqlite_sequence WHERE name = 'cycles'")
-        return (int(row[0][0]) if row else 0) + 1
+        rows = self._rows("sqlite_sequence", where="name = 'cycles'", select="seq")
+        return (int(rows[0]["seq"]) if rows else 0) + 1
 
     def integrity_check(self) -> list[str]:
-        return [r[0] for r in self._all("PRAGMA integrity_check") if r[0] != "ok"]
+        rows = self._read(lambda: self.conn.execute("PRAGMA integrity_check").fetchall())
+        return [r[0] for r in rows if r[0] != "ok"]
 
 
 def _pool_root(config: Any) -> Path:
@@ -231,7 +216,7 @@ def _pool_root(config: Any) -> Path:
 
 
 def _read_status_file(config: Any) -> dict[str, Any] | None:
-    from dal.agent.daemon import STATUS_FILE
+    from dal.agent.reporting import STATUS_FILE
 
     path = config.agent.data_dir / STATUS_FILE
     try:
@@ -344,11 +329,7 @@ def _pool(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, config: Any) -> Any:
-    from dal.agent.cycle import QuerySettings
-
-    return QuerySettings.from_config(config.query).changed(
-        strategy=args.strategy, k=args.k, beta=args.beta, seed=args.seed
-    )
+    return config.query.changed(strategy=args.strategy, k=args.k, beta=args.beta, seed=args.seed)
 
 
 def _select(args: argparse.Namespace) -> int:

@@ -13,24 +13,20 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from dal import config as cfg
+from dal.agent.providers import DEFAULT_PROVIDERS
 from dal.config import doc
 from dal.errors import ConfigError, LinkError
 from dal.link.settings import MqttSection
 from dal.scoring import AGGREGATES, METHODS
+from dal.strategies import STRATEGIES
 
 ColorResolution = Literal["720p", "1080p", "1440p", "1536p", "2160p", "3072p"]
 DepthMode = Literal["off", "nfov_2x2binned", "nfov_unbinned", "wfov_2x2binned", "wfov_unbinned"]
-
-DEFAULT_PROVIDERS = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CPUExecutionProvider",
-)
 
 
 @dataclass(frozen=True)
@@ -275,6 +271,9 @@ class ScoringConfig:
 
 @dataclass(frozen=True)
 class QueryConfig:
+    """The query settings: the config gives the start, set_query commands change them (a copy
+    through `changed`, checked like the file)."""
+
     strategy: str = field(
         default="dbal", metadata=doc("Query strategy: random, margin, dbal or coreset.")
     )
@@ -288,6 +287,24 @@ class QueryConfig:
     allow_labelled: bool = field(
         default=False, metadata=doc("Let already labelled images be chosen again.")
     )
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"unknown query strategy {self.strategy!r}",
+                hint=f"choose one of {', '.join(sorted(STRATEGIES))}",
+            )
+        if self.k < 1:
+            raise ConfigError(f"k must be ≥ 1, got {self.k}")
+        if not self.beta >= 1.0:
+            raise ConfigError(f"beta must be ≥ 1, got {self.beta}", hint="the paper uses β = 2")
+
+    def changed(self, **params: Any) -> QueryConfig:
+        """A copy with the given non-None fields replaced (and checked)."""
+        return replace(self, **{k: v for k, v in params.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)

@@ -14,51 +14,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dal.agent.config import CycleConfig, QueryConfig
 from dal.agent.outbox import CycleRecord, Outbox
-from dal.agent.pool import LABELLED, POOLED, SHIPPED, Pool
-from dal.errors import ConfigError
-from dal.strategies import STRATEGIES, Candidates, select
+from dal.agent.pool import Pool
+from dal.agent.pool_schema import LABELLED, POOLED, SHIPPED
+from dal.strategies import Candidates, select
 
 logger = logging.getLogger(__name__)
 
 COMMAND, POOL_GROWTH, TIMER, DRIFT = "command", "pool_growth", "timer", "drift"
-
-
-@dataclass(frozen=True)
-class QuerySettings:
-    """Strategy, k and β in force; the config gives the start, MQTT commands may change them."""
-
-    strategy: str = "dbal"
-    k: int = 25
-    beta: float = 2.0
-    seed: int = 0
-    allow_labelled: bool = False
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(
-                f"unknown query strategy {self.strategy!r}",
-                hint=f"choose one of {', '.join(sorted(STRATEGIES))}",
-            )
-        if self.k < 1:
-            raise ConfigError(f"k must be ≥ 1, got {self.k}")
-        if not self.beta >= 1.0:
-            raise ConfigError(f"beta must be ≥ 1, got {self.beta}", hint="the paper uses β = 2")
-
-    @classmethod
-    def from_config(cls, config: QueryConfig) -> QuerySettings:
-        return cls(config.strategy, config.k, config.beta, config.seed, config.allow_labelled)
-
-    def changed(self, **params: Any) -> QuerySettings:
-        """A copy with the given non-None fields replaced (and checked)."""
-        return replace(self, **{k: v for k, v in params.items() if v is not None})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def decide(
@@ -138,12 +105,12 @@ class Plan:
     """What a cycle would pick."""
 
     ids: list[str]
-    settings: QuerySettings
+    settings: QueryConfig
     seed: int
     pool_size: int
 
 
-def plan(pool: CandidateSource, settings: QuerySettings, cycle_number: int) -> Plan:
+def plan(pool: CandidateSource, settings: QueryConfig, cycle_number: int) -> Plan:
     """Run the strategy on the pooled samples (read-only). Shipped and labelled samples are
     passed as the labelled set: core-set starts from them, and `allow_labelled` lets them in."""
     candidates = pool.candidates((POOLED,))
@@ -169,7 +136,7 @@ class CycleResult:
 
 
 def run_cycle(
-    pool: Pool, outbox: Outbox, settings: QuerySettings, reason: str, model_version: str
+    pool: Pool, outbox: Outbox, settings: QueryConfig, reason: str, model_version: str
 ) -> CycleResult:
     """Select and queue for shipping in one transaction; see the module docstring."""
     started = time.perf_counter()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import ctypes
 import json
 import logging
 import os
@@ -26,99 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from dal import contract
-from dal.agent.config import DEFAULT_PROVIDERS
+from dal.agent.providers import DEFAULT_PROVIDERS, choose_providers
 from dal.errors import ModelError
+from dal.letterbox import RESIZE_MODES, Fit, boxes_to_frame, fit_image, plan_fit
 
 logger = logging.getLogger(__name__)
 
-RESIZE_MODES = ("letterbox", "stretch")
 TERMINATE_GRACE_S = 2.0  # after a timeout, how long a cancelled run may take to give up
 _LATENCY_WINDOW = 256
 
 
 class InferenceTimeoutError(ModelError):
     """An inference ran longer than the watchdog allows."""
-
-
-# ---------------------------------------------------------------------------------------------
-# pure pre/post-processing
-
-
-@dataclass(frozen=True)
-class Fit:
-    """How a frame maps into the model input: input = frame · scale + pad (per axis)."""
-
-    frame_size: tuple[int, int]  # (width, height)
-    input_size: tuple[int, int]  # (width, height)
-    resized: tuple[int, int]  # (width, height) of the frame inside the input
-    scale_x: float
-    scale_y: float
-    pad_x: int
-    pad_y: int
-
-
-def plan_fit(
-    frame_w: int, frame_h: int, input_w: int, input_h: int, mode: str = "letterbox"
-) -> Fit:
-    """Where a frame_w x frame_h frame goes inside the input_w x input_h model input."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
-    if min(frame_w, frame_h, input_w, input_h) <= 0:
-        raise ValueError(f"empty size: frame {frame_w}x{frame_h}, input {input_w}x{input_h}")
-    if mode == "stretch":
-        rw, rh = input_w, input_h
-    else:
-        scale = min(input_w / frame_w, input_h / frame_h)
-        rw = min(input_w, max(1, round(frame_w * scale)))
-        rh = min(input_h, max(1, round(frame_h * scale)))
-    return Fit(
-        frame_size=(frame_w, frame_h),
-        input_size=(input_w, input_h),
-        resized=(rw, rh),
-        scale_x=rw / frame_w,
-        scale_y=rh / frame_h,
-        pad_x=(input_w - rw) // 2,
-        pad_y=(input_h - rh) // 2,
-    )
-
-
-def fit_image(image: np.ndarray, fit: Fit, pad_value: int = 114) -> np.ndarray:
-    """The frame resized (and padded) to the model input, uint8 HWC RGB, contiguous."""
-    rw, rh = fit.resized
-    if (image.shape[1], image.shape[0]) != (rw, rh):
-        shrink = rw < image.shape[1] or rh < image.shape[0]
-        image = cv2.resize(
-            image, (rw, rh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        )
-    if (rw, rh) == fit.input_size:
-        return np.ascontiguousarray(image, dtype=np.uint8)
-    iw, ih = fit.input_size
-    canvas = np.full((ih, iw, 3), pad_value, dtype=np.uint8)
-    canvas[fit.pad_y : fit.pad_y + rh, fit.pad_x : fit.pad_x + rw] = image
-    return canvas
-
-
-def boxes_to_frame(boxes: np.ndarray, fit: Fit) -> np.ndarray:
-    """x1, y1, x2, y2 in input pixels -> frame pixels, clipped to the frame."""
-    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    out[:, 0::2] = (out[:, 0::2] - fit.pad_x) / fit.scale_x
-    out[:, 1::2] = (out[:, 1::2] - fit.pad_y) / fit.scale_y
-    fw, fh = fit.frame_size
-    np.clip(out[:, 0::2], 0, fw, out=out[:, 0::2])
-    np.clip(out[:, 1::2], 0, fh, out=out[:, 1::2])
-    return out
-
-
-def boxes_to_input(boxes: np.ndarray, fit: Fit) -> np.ndarray:
-    """Frame pixels -> input pixels (the inverse of `boxes_to_frame` inside the frame)."""
-    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    out[:, 0::2] = out[:, 0::2] * fit.scale_x + fit.pad_x
-    out[:, 1::2] = out[:, 1::2] * fit.scale_y + fit.pad_y
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,39 +284,6 @@ class _Worker:
 
     def stop(self) -> None:
         self._queue.put(None)
-
-
-# GPU providers and the driver library each needs at run time. onnxruntime-gpu lists them as
-# available even on a machine without a GPU, then fails loudly at session creation.
-_PROVIDER_LIBRARIES = {
-    "CUDAExecutionProvider": "libcuda.so.1",
-    "TensorrtExecutionProvider": "libnvinfer.so.10",
-}
-
-
-def _library_loads(name: str) -> bool:
-    try:
-        ctypes.CDLL(name)
-    except OSError:
-        return False
-    return True
-
-
-def choose_providers(wanted: tuple[str, ...] | list[str], available: list[str]) -> list[str]:
-    """Wanted providers that this onnxruntime build offers and this machine can run, in the
-    wanted order (CPU last)."""
-    chosen = []
-    for provider in wanted:
-        if provider not in available:
-            continue
-        library = _PROVIDER_LIBRARIES.get(provider)
-        if library and not _library_loads(library):
-            logger.info("skipping %s: %s is not installed", provider, library)
-            continue
-        chosen.append(provider)
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
 
 
 class Detector:

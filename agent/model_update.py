@@ -1,16 +1,4 @@
-"""Which model the agent runs: the model store on disk, and verified hot swaps with rollback.
-
-Store layout under `data_dir/models`:
-
-    versions/<version>.onnx    every kept model file
-    current  -> versions/...   the model in use (symlink, replaced atomically)
-    previous -> versions/...   the one before it: the rollback target
-    incoming/                  ModelDownloader's partial and verified downloads
-    refused.json               (version, sha256) pairs never to try again, with the reason
-    configured.json            which `[detector] model` file was last imported
-
-A symlink is swapped with os.replace of a new link, so after a crash `current` names either
-the old or the new model, never half of one.
+"""Which model the agent runs: verified hot swaps with rollback (files: agent/model_store.py).
 
 An update (`ModelManager.apply_update`) is refused unless every step passes, and the old
 model keeps serving meanwhile: the manifest's Ed25519 signature and the file's sha256 (again:
@@ -19,16 +7,15 @@ own version equals the manifest's, and a smoke test on pooled images gives sane 
 (finite, probabilities that sum to one, labels in range, a non-zero feature) within the
 latency bound. Only then is it swapped in, under the inference lock. The previous detector
 stays loaded for `probation_frames` inferences: a model error in that window rolls back to it
-at once.
+at once. `UpdateWorker` is the agent's update worker: downloads wait in its queue and are
+applied one at a time, smoke-tested on the pool's most informative images.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import shutil
+import queue
 import statistics
 import threading
 import time
@@ -42,149 +29,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dal.agent.config import DetectorConfig
 from dal.agent.detector import Detections, Detector
+from dal.agent.model_store import ModelStore
+from dal.agent.pool import Pool, decode_jpeg
 from dal.errors import DalError, LinkError, ModelError, StorageError
-from dal.fileio import atomic_write_json, fsync_dir, sha256_file
+from dal.fileio import sha256_file
 from dal.link.messages import ModelManifest
-from dal.link.signing import verify_manifest
+from dal.link.signing import verify_model_file
 
 logger = logging.getLogger(__name__)
 
 ReportFn = Callable[[str, str, dict[str, Any]], None]  # (event kind, message, data)
 
 PROB_TOLERANCE = 1e-3
-
-
-class ModelStore:
-    """Model files and the current/previous links; see the module docstring."""
-
-    def __init__(self, root: str | os.PathLike[str], keep_previous: int = 2) -> None:
-        self.root = Path(root)
-        self.versions = self.root / "versions"
-        self.incoming = self.root / "incoming"
-        self.keep_previous = keep_previous
-        try:
-            self.versions.mkdir(parents=True, exist_ok=True)
-            self.incoming.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StorageError(
-                f"cannot create the model store {self.root}: {err.strerror}",
-                hint="check [agent] data_dir and its permissions",
-            ) from None
-        self._refused_path = self.root / "refused.json"
-        self._configured_path = self.root / "configured.json"
-
-    def path_for(self, version: str) -> Path:
-        return self.versions / f"{version}.onnx"
-
-    def _target(self, name: str) -> Path | None:
-        link = self.root / name
-        if not link.is_symlink():
-            return None
-        target = (self.root / os.readlink(link)).resolve()
-        return target if target.is_file() else None
-
-    def current(self) -> Path | None:
-        return self._target("current")
-
-    def previous(self) -> Path | None:
-        return self._target("previous")
-
-    def _link(self, name: str, target: Path) -> None:
-        tmp = self.root / f".{name}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(os.path.relpath(target, self.root), tmp)
-        os.replace(tmp, self.root / name)
-        fsync_dir(self.root)
-
-    def install(self, source: Path, version: str, move: bool = False) -> Path:
-        """Put a model file into versions/ under its version (copy, or move when it is ours)."""
-        target = self.path_for(version)
-        try:
-            if move:
-                os.replace(source, target)
-            else:
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(source, tmp)
-                with open(tmp, "rb+") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(tmp, target)
-            fsync_dir(self.versions)
-        except OSError as err:
-            raise StorageError(
-                f"cannot store model {version} in {self.versions}: {err.strerror}",
-                hint="free disk space under data_dir",
-            ) from None
-        return target
-
-    def activate(self, version: str) -> None:
-        """Make `version` current; the old current becomes previous."""
-        target = self.path_for(version)
-        if not target.is_file():
-            raise StorageError(f"model {version} is not in {self.versions}")
-        old = self.current()
-        if old is not None and old != target.resolve():
-            self._link("previous", old)
-        self._link("current", target)
-        self.prune()
-
-    def rollback(self) -> Path | None:
-        """Make previous current again; None (nothing changed) when there is no previous."""
-        previous = self.previous()
-        if previous is None:
-            return None
-        self._link("current", previous)
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / "previous").unlink()
-        return previous
-
-    def prune(self) -> list[Path]:
-        """Delete model files beyond current, previous and the newest `keep_previous` others."""
-        files = sorted(
-            (p for p in self.versions.glob("*.onnx") if p.is_file()),
-            key=lambda p: p.stat().st_mtime_ns,
-            reverse=True,
-        )
-        keep = {p for p in (self.current(), self.previous()) if p is not None}
-        others = [p for p in files if p.resolve() not in keep]
-        removed = others[self.keep_previous :]
-        for path in removed:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                logger.info("model store: removed old model %s", path.name)
-        return removed
-
-    # -- refused models and the configured start model -----------------------------------------
-
-    def _read_json(self, path: Path) -> dict[str, Any]:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as err:
-            logger.warning("model store: ignoring unreadable %s: %s", path, err)
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def refuse(self, version: str, sha256: str, reason: str) -> None:
-        refused = self._read_json(self._refused_path)
-        refused[f"{version}:{sha256}"] = {"reason": reason, "time": time.time()}
-        atomic_write_json(self._refused_path, refused)
-
-    def is_refused(self, version: str, sha256: str) -> bool:
-        return f"{version}:{sha256}" in self._read_json(self._refused_path)
-
-    @staticmethod
-    def _fingerprint(path: Path) -> dict[str, Any]:
-        st = path.stat()
-        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-    def configured_changed(self, path: Path) -> bool:
-        """Is `[detector] model` a different file (or changed) since it was last imported?"""
-        return self._read_json(self._configured_path) != self._fingerprint(path)
-
-    def remember_configured(self, path: Path) -> None:
-        atomic_write_json(self._configured_path, self._fingerprint(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,17 +257,14 @@ class ModelManager:
         self.store.refuse(manifest.version, manifest.sha256, reason)
         logger.warning("model %s refused: %s", manifest.version, reason)
         data = {"version": manifest.version, "reason": reason, "running": self.version}
-        self._outcome(False, manifest.version, reason, {"running": self.version})
+        self._outcome(False, manifest.version, reason, data)
         self._report("model_refused", f"model {manifest.version} refused: {reason}", data)
         return UpdateOutcome(False, manifest.version, reason, data)
 
     def _verify(self, manifest: ModelManifest, path: Path) -> None:
         if self.public_key is None:
             raise LinkError("no trusted public key configured", hint="set [update] public_key")
-        verify_manifest(manifest, self.public_key)
-        digest = sha256_file(path)
-        if digest != manifest.sha256:
-            raise LinkError(f"sha256 of the file is {digest}, the manifest says {manifest.sha256}")
+        verify_model_file(manifest, path, self.public_key)
 
     def _candidate(
         self, manifest: ModelManifest, path: Path, images: Sequence[np.ndarray]
@@ -476,3 +329,52 @@ class ModelManager:
                 if model is not None:
                     model.detector.close()
             self._active = self._previous = None
+
+
+class UpdateWorker:
+    """The agent's update worker: verified downloads wait here and are applied one at a time."""
+
+    def __init__(
+        self,
+        models: ModelManager,
+        pool: Pool,
+        *,
+        smoke_images: int,
+        stop: threading.Event,
+        changed: Callable[[], None],
+    ) -> None:
+        self.models = models
+        self.pool = pool
+        self.smoke_count = smoke_images
+        self._stop = stop
+        self._changed = changed  # a status worth publishing now
+        self.updates: queue.Queue[tuple[ModelManifest, Path]] = queue.Queue()
+
+    def downloaded(self, manifest: ModelManifest, path: Path) -> None:
+        """ModelDownloader's on_complete (a link thread): queue it, apply it on the worker."""
+        self.updates.put((manifest, path))
+
+    def failed(self, manifest: ModelManifest, reason: str) -> None:
+        """ModelDownloader's on_failed: a bad signature, hash or write is refused like the rest."""
+        self.models.refuse(manifest, reason)
+        self._changed()
+
+    def smoke_images(self) -> list[np.ndarray]:
+        """The most informative pooled images, decoded: what a new model must handle."""
+        images = []
+        for sample in self.pool.top(self.smoke_count):
+            with contextlib.suppress(OSError):
+                image = decode_jpeg(sample.jpeg_path.read_bytes())
+                if image is not None:
+                    images.append(image)
+        return images
+
+    def loop(self, beat: Callable[[], None]) -> None:
+        while not self._stop.is_set():
+            beat()
+            try:
+                manifest, path = self.updates.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.models.apply_update(manifest, path, self.smoke_images())
+            self._changed()

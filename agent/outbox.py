@@ -19,21 +19,20 @@ image vanished, e.g. deleted by hand).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dal.agent.pool import Pool, PoolSample
-from dal.errors import LinkError, StorageError
-from dal.link.messages import Ack, Detection, SampleHeader
-from dal.link.transfer import TransferSender
+from dal.agent.pool_schema import POOLED, SHIPPED, count_in_state, move_state
+from dal.agent.pool_schema import QUEUED as QUEUED_SAMPLE
+from dal.errors import StorageError
+from dal.link.messages import Ack
 from dal.sqlite_tx import immediate_transaction
 
 logger = logging.getLogger(__name__)
@@ -177,7 +176,6 @@ class Outbox:
         their outbox rows. Samples no longer pooled (evicted, shipped meanwhile) are skipped.
         Returns the cycle record and the ids actually queued."""
         now = time.time()
-        taken: list[str] = []
         with self._transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO cycles (started, reason, strategy, k, beta, seed, model_version, "
@@ -185,22 +183,14 @@ class Outbox:
                 (now, reason, strategy, int(k), float(beta), int(seed), model_version, pool_size),
             )
             cycle = int(cur.lastrowid or 0)
-            for sample_id in dict.fromkeys(sample_ids):
-                moved = conn.execute(
-                    "UPDATE samples SET state = 'queued', updated_at = ? "
-                    "WHERE sample_id = ? AND state = 'pooled'",
-                    (now, sample_id),
-                ).rowcount
-                if not moved:
-                    continue
-                conn.execute(
-                    "INSERT INTO outbox (sample_id, wire_id, cycle, status, enqueued_at) "
-                    "VALUES (?, ?, ?, 'queued', ?) ON CONFLICT (sample_id) DO UPDATE SET "
-                    "status = 'queued', cycle = excluded.cycle, "
-                    "enqueued_at = excluded.enqueued_at, attempts = 0, done_at = NULL",
-                    (sample_id, self.wire_id(sample_id), cycle, now),
-                )
-                taken.append(sample_id)
+            taken = move_state(conn, sample_ids, QUEUED_SAMPLE, now, strict=False)
+            conn.executemany(
+                "INSERT INTO outbox (sample_id, wire_id, cycle, status, enqueued_at) "
+                "VALUES (?, ?, ?, 'queued', ?) ON CONFLICT (sample_id) DO UPDATE SET "
+                "status = 'queued', cycle = excluded.cycle, "
+                "enqueued_at = excluded.enqueued_at, attempts = 0, done_at = NULL",
+                [(sample_id, self.wire_id(sample_id), cycle, now) for sample_id in taken],
+            )
             conn.execute("UPDATE cycles SET selected = ? WHERE cycle = ?", (len(taken), cycle))
         record = CycleRecord(
             cycle,
@@ -262,11 +252,7 @@ class Outbox:
                 (new, now, ack.status, ack.reason, sample_id),
             )
             if new == ACKED:
-                conn.execute(
-                    "UPDATE samples SET state = 'shipped', updated_at = ? "
-                    "WHERE sample_id = ? AND state = 'queued'",
-                    (now, sample_id),
-                )
+                move_state(conn, [sample_id], SHIPPED, now, strict=False)
         return new
 
     def mark_lost(self, sample_id: str, reason: str) -> None:
@@ -278,8 +264,12 @@ class Outbox:
             )
 
     def pooled(self) -> int:
-        """Samples in state 'pooled' (an index count: cheap enough to poll on a 100k pool)."""
-        return int(self._query("SELECT COUNT(*) FROM samples WHERE state = 'pooled'")[0][0])
+        """Pooled samples, for callers that hold only the outbox (the demo); `Pool.count`."""
+        with self._lock:
+            try:
+                return count_in_state(self._conn, POOLED)
+            except sqlite3.Error as err:
+                raise self._error(err) from None
 
     def counts(self) -> dict[str, int]:
         rows = self._query("SELECT status, COUNT(*) FROM outbox GROUP BY status")
@@ -299,14 +289,6 @@ class Outbox:
 
     # -- scores and small state ----------------------------------------------------------------
 
-    def forget_scores(self) -> int:
-        """Make the next `Pool.rescore` redo every pooled sample (scoring settings changed, or
-        an operator asked for it); returns how many samples that is."""
-        with self._transaction() as conn:
-            return conn.execute(
-                "UPDATE samples SET model_version = '' WHERE state = 'pooled'"
-            ).rowcount
-
     def get_state(self, key: str, default: Any = None) -> Any:
         rows = self._query("SELECT value FROM agent_state WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else default
@@ -323,165 +305,3 @@ class Outbox:
     def integrity_check(self) -> list[str]:
         """Problems `PRAGMA integrity_check` finds in the whole database (empty = healthy)."""
         return [r[0] for r in self._query("PRAGMA integrity_check") if r[0] != "ok"]
-
-
-# ---------------------------------------------------------------------------------------------
-# shipping
-
-
-def sample_header(
-    sample: PoolSample, data: bytes, *, wire_id: str, agent: str, chunk_size: int, cycle: int
-) -> SampleHeader:
-    """The wire header of a pooled sample: what the trainer stores next to the image."""
-    records = sample.detections if isinstance(sample.detections, list) else []
-    meta: dict[str, Any] = {
-        "width": sample.width,
-        "height": sample.height,
-        "source": sample.source,
-        "cycle": cycle,
-        "pool_id": sample.sample_id,
-        "detection_classes": [r.get("class") for r in records],
-    }
-    if sample.ground_truth is not None:
-        meta["ground_truth"] = sample.ground_truth
-    return SampleHeader.for_payload(
-        data,
-        sample_id=wire_id,
-        agent=agent,
-        chunk_size=chunk_size,
-        captured_at=float(sample.capture_time),
-        model_version=sample.model_version or "unknown",
-        score=float(sample.score),
-        feature=tuple(float(v) for v in sample.feature),
-        detections=tuple(
-            Detection(tuple(float(v) for v in r["box"]), int(r["label"]), float(r["score"]))
-            for r in records
-        ),
-        meta=meta,
-    )
-
-
-class Shipper:
-    """Sends queued samples until the trainer acks them; the outbox remembers what is left.
-
-    `ship_round` sends a batch, one sample at a time (TransferSender.ship: header, chunks, wait
-    for the Ack, resend on silence) and returns how long to pause: nothing when it emptied a
-    batch, a growing back-off while samples fail (broker down, trainer silent).
-    """
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        pool: Pool,
-        sender: TransferSender,
-        *,
-        chunk_size: int,
-        ack_timeout_s: float,
-        attempts: int,
-        retry_max_s: float,
-        on_settled: Callable[[str, str, Ack], None] | None = None,
-        batch: int = 16,
-    ) -> None:
-        self.outbox = outbox
-        self.pool = pool
-        self.sender = sender
-        self.chunk_size = chunk_size
-        self.ack_timeout_s = ack_timeout_s
-        self.attempts = attempts
-        self.retry_max_s = retry_max_s
-        self.batch = batch
-        self._on_settled = on_settled
-        self._failures = 0
-        self.stats = {"shipped": 0, "rejected": 0, "lost": 0, "failed_rounds": 0}
-
-    def settle(self, ack: Ack) -> None:
-        """Record an Ack (from `ship` or a late one from an earlier run); rejected samples are
-        deleted from the pool, since the trainer will never take them as they are."""
-        state = self.outbox.settle(ack)
-        if state is None:
-            logger.debug("ack for %s, which is not in the outbox", ack.sample_id)
-            return
-        pool_id = ack.sample_id.partition(":")[2]
-        if state == REJECTED and self.pool.delete([pool_id]):
-            self.stats["rejected"] += 1
-            logger.warning("trainer rejected %s: %s", ack.sample_id, ack.reason)
-        if self._on_settled is not None:
-            self._on_settled(pool_id, state, ack)
-
-    def _lost(self, item: OutboxItem, reason: str) -> None:
-        logger.warning("sample %s cannot be shipped: %s", item.wire_id, reason)
-        self.outbox.mark_lost(item.sample_id, reason)
-        self.stats["lost"] += 1
-
-    def _payload(self, item: OutboxItem) -> tuple[SampleHeader, bytes] | None:
-        sample = self.pool.get(item.sample_id)
-        if sample is None:
-            self._lost(item, "no longer in the pool")
-            return None
-        try:
-            data = sample.jpeg_path.read_bytes()
-        except OSError as err:
-            self._lost(item, f"image unreadable: {err}")
-            return None
-        if hashlib.sha256(data).hexdigest() != sample.sha256:
-            self._lost(item, "image changed on disk")
-            self.pool.delete([item.sample_id])
-            return None
-        header = sample_header(
-            sample,
-            data,
-            wire_id=item.wire_id,
-            agent=self.sender.agent,
-            chunk_size=self.chunk_size,
-            cycle=item.cycle,
-        )
-        return header, data
-
-    def ship_one(
-        self,
-        item: OutboxItem,
-        stop: threading.Event | None = None,
-        beat: Callable[[], None] | None = None,
-    ) -> bool:
-        """True when the sample is settled (acked, rejected or lost); False to retry later.
-        One send per attempt, so `beat` (the supervisor's heartbeat) runs between them."""
-        payload = self._payload(item)
-        if payload is None:
-            return True
-        header, data = payload
-        self.outbox.note_attempt(item.sample_id)
-        for attempt in range(1, self.attempts + 1):
-            if beat is not None:
-                beat()
-            if stop is not None and stop.is_set():
-                return False
-            try:
-                ack = self.sender.ship(
-                    header, data, ack_timeout_s=self.ack_timeout_s, attempts=1, stop=stop
-                )
-            except LinkError as err:
-                logger.info("sample %s, send %d/%d: %s", item.wire_id, attempt, self.attempts, err)
-                continue
-            self.settle(ack)
-            if ack.ok:
-                self.stats["shipped"] += 1
-            return True
-        return False
-
-    def ship_round(self, stop: threading.Event, beat: Callable[[], None] | None = None) -> float:
-        """Ship up to `batch` queued samples; seconds to pause before the next round."""
-        if not self.sender.link.connected:
-            return 1.0
-        items = self.outbox.pending(self.batch)
-        if not items:
-            return 1.0
-        for item in items:
-            if stop.is_set():
-                return 0.0
-            ok = self.ship_one(item, stop, beat)
-            if not ok:
-                self._failures += 1
-                self.stats["failed_rounds"] += 1
-                return min(self.retry_max_s, 0.5 * 2 ** min(self._failures, 16))
-        self._failures = 0
-        return 0.0

@@ -256,6 +256,7 @@ class DriftMonitor:
         self.reference = reference
         self.stats = RunningStats(window)
         self.last = DriftReport(False, 0.0, 0.0, 0)
+        self._settling = False  # after a rebase: the reference waits for min_samples new frames
 
     @classmethod
     def from_config(
@@ -273,9 +274,10 @@ class DriftMonitor:
 
     def update(self, score: float, feature: np.ndarray) -> DriftReport:
         self.stats.update(score, feature)
-        if self.reference is None:
+        if self.reference is None or self._settling:
             if self.stats.count >= self.min_samples:
                 self.reference = ReferenceStats.from_running(self.stats, self.model_version)
+                self._settling = False
             self.last = DriftReport(False, 0.0, 0.0, self.stats.count)
             return self.last
         self.last = check_drift(
@@ -287,9 +289,21 @@ class DriftMonitor:
         )
         return self.last
 
+    def rebase(self) -> None:
+        """After a drift cycle: the current statistics become the reference at once, and the
+        statistics of the next `min_samples` frames replace them. Why both: the running means
+        trail a shift, so a cycle early in one would otherwise see the same shift again."""
+        if self.stats.feature_mean is None:
+            return
+        self.reference = ReferenceStats.from_running(self.stats, self.model_version)
+        self.stats = RunningStats(self.window)
+        self.last = DriftReport(False, 0.0, 0.0, 0)
+        self._settling = True
+
     def reset(self, reference: ReferenceStats | None = None, model_version: str = "") -> None:
         """A new model: new reference (or calibrate again), fresh running statistics."""
         self.reference = reference
         self.model_version = model_version
         self.stats = RunningStats(self.window)
         self.last = DriftReport(False, 0.0, 0.0, 0)
+        self._settling = False

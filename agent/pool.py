@@ -11,12 +11,10 @@ samples are evicted in this order:
   1. shipped and labelled ones, oldest first: the trainer already holds their images;
   2. pooled ones, lowest score first (ties: oldest capture first), but only those scoring
      strictly below the newcomer: if the newcomer is the least informative it is refused;
-  3. never selected or queued ones: a query picked them and the outbox must be able to send
-     them. If only those are left, the newcomer is refused (and counted).
+  3. never queued ones: a query picked them and the outbox must be able to send them. If
+     only those are left, the newcomer is refused (and counted).
 
-Life of a sample: pooled -> selected (query) -> queued (outbox) -> shipped (trainer acked) ->
-labelled; selected/queued can fall back to pooled (query undone, transfer abandoned).
-Setting a sample to the state it already has is a no-op, so repeated acks are harmless.
+Sample states, the schema and the SQL other modules share are in pool_schema.py.
 
 After a new model arrives, `rescore(fn, version)` re-scores pooled samples in batches; samples
 already at that version are skipped, so an interrupted rescore resumes where it stopped.
@@ -36,127 +34,42 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from dal.contract import FEATURE_DIM
-from dal.errors import DalError, StorageError
+from dal.agent.pool_schema import (
+    COLUMNS,
+    DB_NAME,
+    POOLED,
+    STATES,
+    PoolSample,
+    PoolStats,
+    Scored,
+    check_states,
+    chunks,
+    connect,
+    feature_blob,
+    forget_scores,
+    move_state,
+    plan_eviction,
+    read_candidates,
+    sample_from_row,
+    storage_error,
+)
+from dal.errors import StorageError
 from dal.fileio import atomic_write_bytes
 from dal.sqlite_tx import immediate_transaction
 from dal.strategies import Candidates
 
 logger = logging.getLogger(__name__)
 
-POOLED, SELECTED, QUEUED, SHIPPED, LABELLED = "pooled", "selected", "queued", "shipped", "labelled"
-STATES = (POOLED, SELECTED, QUEUED, SHIPPED, LABELLED)
-TRANSITIONS: dict[str, frozenset[str]] = {
-    POOLED: frozenset({SELECTED}),
-    SELECTED: frozenset({POOLED, QUEUED}),
-    QUEUED: frozenset({POOLED, SHIPPED}),
-    SHIPPED: frozenset({LABELLED}),
-    LABELLED: frozenset(),
-}
-DB_NAME = "pool.sqlite"
 IMAGE_DIR = "images"
-SCHEMA_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS samples (
-    sample_id     TEXT PRIMARY KEY,
-    capture_time  REAL NOT NULL,
-    source        TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    score         REAL NOT NULL,
-    feature       BLOB NOT NULL,             -- float32 little-endian
-    detections    TEXT NOT NULL,             -- JSON
-    ground_truth  TEXT,                      -- JSON, replays only
-    jpeg_path     TEXT NOT NULL UNIQUE,      -- relative to the pool folder
-    bytes         INTEGER NOT NULL,
-    sha256        TEXT NOT NULL,
-    width         INTEGER NOT NULL,
-    height        INTEGER NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in STATES)})),
-    inserted_at   REAL NOT NULL,
-    updated_at    REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_state_score ON samples (state, score, capture_time);
-"""
-_COLUMNS = (
-    "sample_id, capture_time, source, model_version, score, feature, detections, ground_truth, "
-    "jpeg_path, bytes, sha256, width, height, state, inserted_at, updated_at"
-)
-
-
-class InvalidTransitionError(DalError, ValueError):
-    """A sample was asked to move to a state its current state cannot reach."""
-
-
-@dataclass(frozen=True, eq=False)
-class PoolSample:
-    sample_id: str
-    capture_time: float
-    source: str
-    model_version: str
-    score: float
-    feature: np.ndarray  # float32 [D]
-    detections: Any  # parsed JSON
-    ground_truth: Any | None
-    jpeg_path: Path  # absolute
-    bytes: int
-    sha256: str
-    width: int
-    height: int
-    state: str
-    inserted_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    count: int
-    bytes: int
-    by_state: dict[str, int]
-    evicted: int  # since this Pool object was opened
-    rejected: int  # newcomers refused (least informative, or only selected/queued left)
-
-
-class Scored(NamedTuple):
-    """What a rescore function returns for one image."""
-
-    score: float
-    feature: np.ndarray
-    detections: Any  # JSON-ready
-
-
-class _Victim(NamedTuple):
-    sample_id: str
-    jpeg_path: str
-    bytes: int
-
-
-def _feature_blob(feature: np.ndarray) -> bytes:
-    return np.asarray(feature, dtype="<f4").reshape(-1).tobytes()
-
-
-def _storage_error(err: sqlite3.Error, db: Path) -> StorageError:
-    text = str(err)
-    if "full" in text.lower():
-        return StorageError(
-            f"disk full: cannot write the pool database {db} ({text})",
-            hint="free space on that disk or lower [pool] max_bytes",
-        )
-    return StorageError(
-        f"pool database {db}: {text}",
-        hint="run `PRAGMA integrity_check` (Pool.integrity_check) or move the "
-        "pool folder away to start a new one",
-    )
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
@@ -208,7 +121,7 @@ class Pool:
                 f"cannot create the pool folder {self.root}: {err.strerror}",
                 hint="check [pool] dir and its permissions",
             ) from None
-        self.connection = self._connect(synchronous)
+        self.connection = connect(self.db_path, synchronous)
         self.sweep()
 
     @classmethod
@@ -225,30 +138,9 @@ class Pool:
 
     # -- connection ----------------------------------------------------------------------------
 
-    def _connect(self, synchronous: str) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                logger.warning("pool %s: WAL mode refused (journal_mode=%s)", self.db_path, mode)
-            conn.execute(f"PRAGMA synchronous={synchronous}")
-            conn.execute("PRAGMA busy_timeout=5000")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise StorageError(
-                    f"pool database {self.db_path} has schema {version}, this "
-                    f"agent knows {SCHEMA_VERSION}",
-                    hint="upgrade the agent or move the pool folder away",
-                )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as err:
-            raise _storage_error(err, self.db_path) from None
-        return conn
-
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return immediate_transaction(
-            self.connection, self._lock, lambda err: _storage_error(err, self.db_path)
+            self.connection, self._lock, lambda err: storage_error(err, self.db_path)
         )
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -256,7 +148,7 @@ class Pool:
             try:
                 return self.connection.execute(sql, params).fetchall()
             except sqlite3.Error as err:
-                raise _storage_error(err, self.db_path) from None
+                raise storage_error(err, self.db_path) from None
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close."""
@@ -330,46 +222,6 @@ class Pool:
 
     # -- insert and evict ----------------------------------------------------------------------
 
-    def _totals(self, conn: sqlite3.Connection) -> tuple[int, int]:
-        count, total = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM samples"
-        ).fetchone()
-        return int(count), int(total)
-
-    def _plan_eviction(
-        self, conn: sqlite3.Connection, score: float, size: int
-    ) -> list[_Victim] | None:
-        """Samples to evict so a newcomer fits; None = refuse the newcomer."""
-        count, total = self._totals(conn)
-        if size > self.max_bytes:
-            return None
-        victims: list[_Victim] = []
-        freed = 0
-
-        def fits() -> bool:
-            return (
-                count + 1 - len(victims) <= self.max_images
-                and total + size - freed <= self.max_bytes
-            )
-
-        if fits():
-            return victims
-        done_sql = (
-            "SELECT sample_id, jpeg_path, bytes FROM samples WHERE state IN (?, ?) "
-            "ORDER BY updated_at, capture_time"
-        )
-        pooled_sql = (
-            "SELECT sample_id, jpeg_path, bytes FROM samples WHERE state = ? "
-            "AND score < ? ORDER BY score, capture_time"
-        )
-        for sql, params in ((done_sql, (SHIPPED, LABELLED)), (pooled_sql, (POOLED, score))):
-            for row in conn.execute(sql, params):
-                victims.append(_Victim(*row))
-                freed += row[2]
-                if fits():
-                    return victims
-        return None
-
     def add(
         self,
         *,
@@ -407,12 +259,12 @@ class Pool:
             source,
             model_version,
             float(score),
-            _feature_blob(feature),
+            feature_blob(feature),
             json.dumps(detections),
             None if ground_truth is None else json.dumps(ground_truth),
             self._relative_path(sample_id),
             len(jpeg),
-            _sha256(jpeg),
+            hashlib.sha256(jpeg).hexdigest(),
             int(width),
             int(height),
             POOLED,
@@ -423,7 +275,9 @@ class Pool:
         sample_id, score, relative = row[0], row[4], row[8]
         with self._lock:
             self._check_free_space(len(jpeg))
-            victims = self._plan_eviction(self.connection, score, len(jpeg))
+            victims = plan_eviction(
+                self.connection, score, len(jpeg), self.max_images, self.max_bytes
+            )
             if victims is None:
                 self._rejected += 1
                 logger.debug(
@@ -435,7 +289,7 @@ class Pool:
             try:
                 with self._transaction() as conn:
                     conn.execute(
-                        f"INSERT INTO samples ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                        f"INSERT INTO samples ({COLUMNS}) VALUES ({', '.join('?' * 16)})",
                         (*row, now, now),
                     )
                     conn.executemany(
@@ -451,47 +305,9 @@ class Pool:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _sample(self, row: tuple) -> PoolSample:
-        (
-            sid,
-            capture_time,
-            source,
-            version,
-            score,
-            feature,
-            detections,
-            truth,
-            rel,
-            size,
-            sha,
-            width,
-            height,
-            state,
-            inserted,
-            updated,
-        ) = row
-        return PoolSample(
-            sample_id=sid,
-            capture_time=capture_time,
-            source=source,
-            model_version=version,
-            score=score,
-            feature=np.frombuffer(feature, dtype="<f4").astype(np.float32),
-            detections=json.loads(detections),
-            ground_truth=None if truth is None else json.loads(truth),
-            jpeg_path=self.root / rel,
-            bytes=size,
-            sha256=sha,
-            width=width,
-            height=height,
-            state=state,
-            inserted_at=inserted,
-            updated_at=updated,
-        )
-
     def get(self, sample_id: str) -> PoolSample | None:
-        rows = self._query(f"SELECT {_COLUMNS} FROM samples WHERE sample_id = ?", (sample_id,))
-        return self._sample(rows[0]) if rows else None
+        rows = self._query(f"SELECT {COLUMNS} FROM samples WHERE sample_id = ?", (sample_id,))
+        return sample_from_row(self.root, rows[0]) if rows else None
 
     def read_jpeg(self, sample_id: str) -> bytes:
         sample = self.get(sample_id)
@@ -502,14 +318,14 @@ class Pool:
     def top(self, n: int, state: str = POOLED) -> list[PoolSample]:
         """The n highest-scoring samples in `state` (ties: newest capture first)."""
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM samples WHERE state = ? "
+            f"SELECT {COLUMNS} FROM samples WHERE state = ? "
             "ORDER BY score DESC, capture_time DESC LIMIT ?",
             (state, int(n)),
         )
-        return [self._sample(r) for r in rows]
+        return [sample_from_row(self.root, r) for r in rows]
 
     def ids(self, states: Iterable[str] = (POOLED,)) -> list[str]:
-        states = _check_states(states)
+        states = check_states(states)
         marks = ", ".join("?" * len(states))
         rows = self._query(
             f"SELECT sample_id FROM samples WHERE state IN ({marks}) ORDER BY sample_id", states
@@ -518,19 +334,17 @@ class Pool:
 
     def candidates(self, states: Iterable[str] = (POOLED,)) -> Candidates:
         """Ids, scores and features of samples in `states`, ready for dal.strategies."""
-        states = _check_states(states)
-        marks = ", ".join("?" * len(states))
-        rows = self._query(
-            f"SELECT sample_id, score, feature FROM samples WHERE state IN "
-            f"({marks}) ORDER BY sample_id",
-            states,
+        with self._lock:
+            try:
+                return read_candidates(self.connection, states)
+            except sqlite3.Error as err:
+                raise storage_error(err, self.db_path) from None
+
+    def count(self, state: str = POOLED) -> int:
+        """Samples in `state` (an index count: cheap enough to poll on a 100k pool)."""
+        return int(
+            self._query("SELECT COUNT(*) FROM samples WHERE state = ?", check_states([state]))[0][0]
         )
-        if not rows:
-            return Candidates([], np.empty(0), np.empty((0, FEATURE_DIM), np.float32))
-        ids = [r[0] for r in rows]
-        scores = np.array([r[1] for r in rows], dtype=np.float64)
-        features = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4")
-        return Candidates(ids, scores, features.reshape(len(rows), -1).astype(np.float32))
 
     def stats(self) -> PoolStats:
         rows = self._query(
@@ -554,43 +368,24 @@ class Pool:
     def set_state(self, sample_ids: Iterable[str], state: str) -> int:
         """Move samples to `state`; returns how many changed. Unknown ids raise KeyError,
         impossible moves InvalidTransitionError (and nothing changes)."""
-        _check_states([state])
-        ids = list(dict.fromkeys(sample_ids))
+        ids = list(sample_ids)
         if not ids:
             return 0
         with self._transaction() as conn:
-            current: dict[str, str] = {}
-            for chunk in _chunks(ids, 500):
-                marks = ", ".join("?" * len(chunk))
-                current.update(
-                    conn.execute(
-                        f"SELECT sample_id, state FROM samples WHERE sample_id IN ({marks})", chunk
-                    ).fetchall()
-                )
-            unknown = [i for i in ids if i not in current]
-            if unknown:
-                raise KeyError(f"not in the pool: {unknown[:5]}")
-            bad = {i: s for i, s in current.items() if s != state and state not in TRANSITIONS[s]}
-            if bad:
-                first = next(iter(bad))
-                raise InvalidTransitionError(
-                    f"pool: cannot move {len(bad)} sample(s) to {state!r}, e.g. {first} is "
-                    f"{bad[first]!r}",
-                    hint=f"allowed from {bad[first]!r}: "
-                    f"{sorted(TRANSITIONS[bad[first]]) or 'nothing'}",
-                )
-            moving = [(state, time.time(), i) for i, s in current.items() if s != state]
-            conn.executemany(
-                "UPDATE samples SET state = ?, updated_at = ? WHERE sample_id = ?", moving
-            )
-        return len(moving)
+            return len(move_state(conn, ids, state, time.time(), strict=True))
+
+    def forget_scores(self) -> int:
+        """Make the next `rescore` redo every pooled sample (scoring settings changed, or an
+        operator asked for it); returns how many samples that is."""
+        with self._transaction() as conn:
+            return forget_scores(conn)
 
     def delete(self, sample_ids: Iterable[str]) -> int:
         """Remove samples and their files (e.g. an operator clears the pool)."""
         ids = list(dict.fromkeys(sample_ids))
         paths: list[str] = []
         with self._transaction() as conn:
-            for chunk in _chunks(ids, 500):
+            for chunk in chunks(ids, 500):
                 marks = ", ".join("?" * len(chunk))
                 paths += [
                     r[0]
@@ -620,7 +415,7 @@ class Pool:
         A sample whose JPEG is gone or undecodable is dropped. Samples whose state changed
         meanwhile keep their new state (the update only touches rows still in `states`).
         """
-        states = _check_states(states)
+        states = check_states(states)
         marks = ", ".join("?" * len(states))
         todo = self._query(
             f"SELECT sample_id, jpeg_path FROM samples WHERE state IN ({marks}) "
@@ -628,7 +423,7 @@ class Pool:
             (*states, model_version),
         )
         done = 0
-        for batch in _chunks(todo, max(1, batch_size)):
+        for batch in chunks(todo, max(1, batch_size)):
             updates, broken = [], []
             for sample_id, relative in batch:
                 image = self._load_image(relative)
@@ -639,7 +434,7 @@ class Pool:
                 updates.append(
                     (
                         float(result.score),
-                        _feature_blob(result.feature),
+                        feature_blob(result.feature),
                         json.dumps(result.detections),
                         model_version,
                         time.time(),
@@ -679,20 +474,3 @@ class Pool:
         rows = self._query("PRAGMA integrity_check")
         problems = [r[0] for r in rows if r[0] != "ok"]
         return problems
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _check_states(states: Iterable[str]) -> tuple[str, ...]:
-    states = tuple(states)
-    unknown = [s for s in states if s not in STATES]
-    if unknown or not states:
-        raise ValueError(f"unknown pool state(s) {unknown}; states are {STATES}")
-    return states
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -42,8 +42,9 @@ from recordings import write_kinect_mkv
 
 from dal.agent.config import AgentConfig
 from dal.agent.daemon import AgentDaemon
-from dal.agent.detector import Detector, fit_image
+from dal.agent.detector import Detector
 from dal.config import from_dict
+from dal.letterbox import fit_image
 
 
 def camera_frames(n: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
@@ -141,7 +142,8 @@ def agent_fps(model: Path, recording: Path, n: int, work: Path, dedup: bool) -> 
 
 def bench_cycle(rows: int, work: Path) -> dict:
     """Time a full cycle (SQLite read + DBAL + outbox transaction) on a big pool."""
-    from dal.agent.cycle import QuerySettings, run_cycle
+    from dal.agent.config import QueryConfig
+    from dal.agent.cycle import run_cycle
     from dal.agent.outbox import Outbox
     from dal.agent.pool import Pool
 
@@ -172,7 +174,7 @@ def bench_cycle(rows: int, work: Path) -> dict:
         )
         pool.connection.execute("COMMIT")
     outbox = Outbox(pool.db_path, "bench")
-    settings = QuerySettings("dbal", 25, 2.0)
+    settings = QueryConfig("dbal", 25, 2.0)
     times = []
     for _ in range(3):
         started = time.perf_counter()

@@ -12,10 +12,12 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
@@ -75,48 +77,64 @@ class LocalBroker:
         self.stop()
 
 
+def default_config(extra: Iterable[str] = ()) -> str:
+    """Anonymous plain listener on loopback; `{port}` and `{workdir}` are filled in on start."""
+    lines = [
+        f"listener {{port}} {HOST}",
+        "allow_anonymous true",
+        "persistence false",
+        "set_tcp_nodelay true",  # else small messages wait ~40 ms for delayed ACKs (Nagle)
+        *extra,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 class MosquittoBroker(LocalBroker):
-    """A mosquitto child process with a config written into `workdir`."""
+    """A mosquitto child process with a config written into `workdir`. `config` may use the
+    placeholders {port} and {workdir}; logging goes to workdir/mosquitto.log. `kill()` is an
+    abrupt SIGKILL (a crashed broker), `restart()` comes back on the same port."""
 
     kind = "mosquitto"
 
-    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, port: int | None = None, config: str | None = None
+    ) -> None:
         super().__init__(port or free_port())
+        self.binary = binary
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "mosquitto.log"
         self.config_path = self.workdir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} {HOST}",
-            "allow_anonymous true",
-            "persistence false",
-            "set_tcp_nodelay true",  # small messages would wait for delayed ACKs (Nagle)
-            f"log_dest file {self.workdir / 'mosquitto.log'}",
-            "log_type error",
-            "log_type warning",
-        ]
+        text = (config or default_config()).replace("{port}", str(self.port))
+        text = text.replace("{workdir}", str(self.workdir))
+        common = [f"log_dest file {self.log_path}", "log_type error", "log_type warning"]
         if os.geteuid() == 0:
-            lines.append("user root")  # else it drops to 'mosquitto', who cannot read workdir
-        self.config_path.write_text("\n".join(lines) + "\n")
-        self._binary = binary
+            common.append("user root")  # else it drops to 'mosquitto', who cannot read workdir
+        self.config_path.write_text(text + "\n".join(common) + "\n")
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> MosquittoBroker:
-        with open(self.workdir / "stderr.log", "ab") as stderr:
+        stderr_path = self.workdir / "stderr.log"
+        with open(stderr_path, "ab") as stderr:
             self._proc = subprocess.Popen(
-                [self._binary, "-c", str(self.config_path)],
+                [self.binary, "-c", str(self.config_path)],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
         proc = self._proc
         if not _wait_port(self.port, timeout_s, lambda: proc.poll() is None):
+            code = proc.poll()
             self.stop()
+            said = stderr_path.read_text(errors="replace").strip()
             raise LinkError(
-                f"mosquitto did not start on {HOST}:{self.port}",
-                hint=f"see {self.workdir / 'stderr.log'} and {self.workdir / 'mosquitto.log'}",
+                f"mosquitto did not start on {HOST}:{self.port}"
+                + (f" (exit {code}: {said} {self.log_tail()})" if code is not None else ""),
+                hint=f"see {stderr_path} and {self.log_path}",
             )
         return self
 
     def stop(self) -> None:
+        """terminate, then kill after 5 s."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -126,6 +144,31 @@ class MosquittoBroker(LocalBroker):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes like a crash, no clean disconnects."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(5)
+
+    def restart(self, kill: bool = False) -> MosquittoBroker:
+        """Stop (or kill) and start again on the same port: clients reconnect by themselves."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
 
 class EmbeddedBroker(LocalBroker):

@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("dal.procedural", "make a procedural COCO dataset of simple parts (tests, demos)"),
     "train": ("dal.trainer.train", "train or fine-tune a Faster R-CNN detector on COCO data"),
     "eval": ("dal.trainer.evaluate", "AP@[0.5:0.95], AP50, AP75 of a checkpoint or ONNX model"),
-    "export": ("dal.exporter.export", "checkpoint -> ONNX detector with probs and P2 feature"),
+    "export": ("dal.trainer.export", "checkpoint -> ONNX detector with probs and P2 feature"),
     "render": ("dal.blender.render", "render a synthetic COCO training set from 3D meshes"),
     "demo": ("dal.trainer.demo", "the active-learning loop end to end on generated data"),
     "agent": (

@@ -227,6 +227,10 @@ def _build(cls: type[T], data: Any, source: str, path: tuple[str, ...]) -> T:
         kwargs[name] = value
     try:
         return cls(**kwargs)
+    except ConfigError as err:  # a section's own check, with its hint
+        raise ConfigError(
+            f"{source}: {_section_label(path)}: {err.args[0]}", hint=err.hint
+        ) from None
     except (ValueError, TypeError) as err:  # cross-field checks in __post_init__
         raise ConfigError(f"{source}: {_section_label(path)}: {err}") from None
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,49 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# -- partial files: chunks that arrive in any order, then one durable rename --------------------
+
+
+def write_at(path: str | os.PathLike[str], offset: int, data: bytes) -> None:
+    """Write `data` at `offset` of a partial file, creating it (mode 0600) if needed: how the
+    link spools chunks that arrive in any order and more than once."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def sync_file(path: str | os.PathLike[str], size: int | None = None) -> None:
+    """fsync a file's data, first cutting it to `size` bytes when given (a partial file may hold
+    stray bytes past its real end), so that a rename of it is all that is left to do."""
+    fd = os.open(path, os.O_RDONLY if size is None else os.O_WRONLY)
+    try:
+        if size is not None:
+            os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy `source` over `target` atomically: a temp copy beside the target, fsynced, renamed.
+    The caller fsyncs the folder once it has put everything in place."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    sync_file(tmp)
+    os.replace(tmp, target)
+
+
+def move_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Rename `source` to `target`; across filesystems, copy durably and delete the source."""
+    try:
+        os.replace(source, target)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        copy_durably(source, target)
+        Path(source).unlink(missing_ok=True)

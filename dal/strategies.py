@@ -24,13 +24,14 @@ import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 
 from dal.errors import DalError
+
+if TYPE_CHECKING:
+    from sklearn.cluster import KMeans
 
 # KMeans restarts: the pre-filtered set is only β·k points, so a few restarts cost little and
 # make the clustering less hostage to one unlucky seeding.
@@ -262,6 +263,11 @@ def select_dbal(
     m = min(len(r.ids), math.ceil(beta * k - 1e-9))
     if m <= k:
         return [str(i) for i in r.ids[:k]]
+    # scikit-learn loads here, not at import: a second and more that the agent's CLI, which
+    # only reads the pool, should not pay.
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     x = _unit(r.features[r.rows[:m]])
     weights = _dbal_weights(r.scores[:m])
     km = KMeans(n_clusters=k, init="k-means++", n_init=KMEANS_N_INIT, random_state=seed)

@@ -1,14 +1,16 @@
-"""Export a checkpoint to the ONNX detector the agent runs (see dal/contract.py).
+"""Export a trained detector to the ONNX detector the agent runs (see dal/contract.py).
 
 One forward pass gives boxes, labels, scores, the full softmax row of each kept box and the
 256-d P2 feature; the model metadata carries version, lineage, classes, input format and the
-weights' hash. `--verify IMAGE...` runs torch and onnxruntime on the same images and compares
-them (boxes matched by IoU).
+weights' hash. `verify` runs torch and onnxruntime on the same images and compares them (boxes
+matched by IoU).
+
+The exporter stands below the trainer: it takes any `ExportSource` (the trainer's Checkpoint is
+one) and never reads a checkpoint file itself; `dal export` (trainer/export.py) does that.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -17,21 +19,43 @@ import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
 import torch
 
 from dal import contract
-from dal.errors import ModelError
+from dal.exporter.weights import weights_sha256
 from dal.exporter.wrap import ExportableDetector
 from dal.fileio import atomic_write_bytes
-from dal.trainer.checkpoint import Checkpoint, load_checkpoint, weights_sha256
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
+
+
+class ExportConfig(Protocol):
+    """What the exporter reads of a detector's config (trainer.detector.DetectorConfig)."""
+
+    arch: str
+    class_names: Any  # the object classes, background not included
+    input_width: int
+    input_height: int
+
+
+class ExportSource(Protocol):
+    """A trained detector as the exporter needs it (trainer.checkpoint.Checkpoint is one)."""
+
+    config: ExportConfig
+    model: dict[str, torch.Tensor]  # the weights
+    version: str
+    parent_version: str
+    epoch: int
+    best_ap: float | None
+    training_summary: dict[str, Any]
+
+    def build(self) -> torch.nn.Module: ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +68,7 @@ class ExportOptions:
     opset: int = OPSET
 
 
-def exportable(ckpt: Checkpoint, options: ExportOptions = ExportOptions()) -> ExportableDetector:
+def exportable(ckpt: ExportSource, options: ExportOptions = ExportOptions()) -> ExportableDetector:
     model = ckpt.build().eval()
     if options.score_threshold is not None:
         model.roi_heads.score_thresh = options.score_threshold
@@ -56,7 +80,7 @@ def exportable(ckpt: Checkpoint, options: ExportOptions = ExportOptions()) -> Ex
     return ExportableDetector(model, ckpt.config.input_width, ckpt.config.input_height)
 
 
-def metadata(ckpt: Checkpoint, wrapper: ExportableDetector) -> dict[str, str]:
+def metadata(ckpt: ExportSource, wrapper: ExportableDetector) -> dict[str, str]:
     config = ckpt.config
     ap = ckpt.best_ap
     return {
@@ -77,7 +101,7 @@ def metadata(ckpt: Checkpoint, wrapper: ExportableDetector) -> dict[str, str]:
     }
 
 
-def _summary(ckpt: Checkpoint) -> dict[str, Any]:
+def _summary(ckpt: ExportSource) -> dict[str, Any]:
     """The training summary without bulky or machine-specific parts."""
     keep = ("train_images", "train_boxes", "val_images", "started", "best_epoch")
     summary = {k: ckpt.training_summary[k] for k in keep if k in ckpt.training_summary}
@@ -86,13 +110,11 @@ def _summary(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 def export_onnx(
-    ckpt: Checkpoint | str | os.PathLike[str],
+    ckpt: ExportSource,
     out_path: str | os.PathLike[str],
     options: ExportOptions = ExportOptions(),
 ) -> Path:
     """Write the ONNX detector atomically; returns its path."""
-    if not isinstance(ckpt, Checkpoint):
-        ckpt = load_checkpoint(ckpt)
     wrapper = exportable(ckpt, options)
     example = torch.zeros((ckpt.config.input_height, ckpt.config.input_width, 3), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +200,7 @@ def onnx_outputs(session: Any, image: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def verify(
-    ckpt: Checkpoint,
+    ckpt: ExportSource,
     onnx_path: Path,
     images: list[np.ndarray],
     options: ExportOptions = ExportOptions(),
@@ -211,50 +233,11 @@ def verify(
 
 def load_images_at_input_size(paths: list[Path], width: int, height: int) -> list[np.ndarray]:
     """Read images and letterbox them to the model input the way the agent does."""
-    from dal.agent.detector import fit_image, plan_fit
     from dal.coco import read_image
+    from dal.letterbox import fit_image, plan_fit
 
     out = []
     for path in paths:
         image = read_image(path)
         out.append(fit_image(image, plan_fit(image.shape[1], image.shape[0], width, height)))
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="checkpoint from `dal train` (.pt)")
-    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
-    parser.add_argument(
-        "--score-threshold",
-        type=float,
-        help="detection score threshold baked in (default: the checkpoint's)",
-    )
-    parser.add_argument("--proposals", type=int, help="test-time RPN proposals")
-    parser.add_argument("--detections", type=int, help="most boxes per image")
-    parser.add_argument("--opset", type=int, default=OPSET)
-    parser.add_argument(
-        "--verify",
-        type=Path,
-        nargs="*",
-        metavar="IMAGE",
-        help="compare onnxruntime with torch on these images",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    ckpt = load_checkpoint(args.checkpoint)
-    options = ExportOptions(args.score_threshold, args.proposals, args.detections, args.opset)
-    path = export_onnx(ckpt, args.out, options)
-    print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    if args.verify:
-        images = load_images_at_input_size(
-            args.verify, ckpt.config.input_width, ckpt.config.input_height
-        )
-        report = verify(ckpt, path, images, options)
-        print(json.dumps(report, indent=2))
-        if not report["ok"]:
-            raise ModelError(
-                f"{path}: onnxruntime disagrees with torch ({report})",
-                hint="report this with the checkpoint; do not deploy the file",
-            )
-    return 0

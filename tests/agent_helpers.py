@@ -40,6 +40,20 @@ BOXES = np.array([[16, 8, 80, 56], [100, 40, 150, 90], [40, 30, 120, 80]], np.fl
 AGENT = "cam1"
 
 
+def model_metadata(version: str = "m1", **extra: str) -> dict[str, str]:
+    """The metadata of a contract model; `extra` adds or replaces keys."""
+    return {
+        contract.META_CONTRACT: contract.CONTRACT_VERSION,
+        contract.META_VERSION: version,
+        contract.META_PARENT: "",
+        contract.META_CLASSES: json.dumps(CLASSES),
+        contract.META_INPUT_SIZE: contract.format_input_size(W, H),
+        contract.META_INPUT_FORMAT: contract.INPUT_FORMAT,
+        contract.META_WEIGHTS_SHA256: "cd" * 32,
+        **extra,
+    }
+
+
 def contract_model(
     path: Path,
     version: str = "m1",
@@ -49,19 +63,25 @@ def contract_model(
     slow_matmuls: int = 0,
     fail_above: float | None = None,
     boxes: np.ndarray = BOXES,
+    width: int = len(CLASSES),
+    meta: dict[str, str] | None = None,
 ) -> Path:
     """An ONNX model obeying the detector contract whose outputs depend on the input.
 
     `bias` shifts the logits (a "retrained" model scores differently), `nan` poisons the
     feature (a broken model), `slow_matmuls` adds dead weight (a too slow model),
     `fail_above` makes it drop a box, breaking the contract, on frames whose mean grey level
-    is above that (a model that passes a smoke test on dark images and fails later)."""
+    is above that (a model that passes a smoke test on dark images and fails later). `width`
+    other than the class count breaks the contract's probs shape; `meta` replaces the
+    metadata (model_metadata(version) by default)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    n, width = len(boxes), len(CLASSES)
+    n = len(boxes)
     rng = np.random.default_rng(7)
-    logits = np.tile(np.array([[1.0, 2.0, 0.5]], np.float32), (n, 1))
+    row = np.zeros(width, np.float32)
+    row[:3] = np.array([1.0, 2.0, 0.5], np.float32)[:width]
+    logits = np.tile(row, (n, 1))
     logits[:, 0] += bias
     consts: dict[str, np.ndarray] = {
         "c_boxes": boxes.astype(np.float32),
@@ -146,18 +166,7 @@ def contract_model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(
-        model,
-        {
-            contract.META_CONTRACT: contract.CONTRACT_VERSION,
-            contract.META_VERSION: version,
-            contract.META_PARENT: "",
-            contract.META_CLASSES: json.dumps(CLASSES),
-            contract.META_INPUT_SIZE: contract.format_input_size(W, H),
-            contract.META_INPUT_FORMAT: contract.INPUT_FORMAT,
-            contract.META_WEIGHTS_SHA256: "cd" * 32,
-        },
-    )
+    helper.set_model_props(model, model_metadata(version) if meta is None else meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path

@@ -1,4 +1,4 @@
-"""A real mosquitto for tests and benchmarks, on a free loopback port, with its own config.
+"""A real mosquitto for tests and benchmarks: dal/broker.py's launcher, failing like tests want.
 
 `Broker(workdir).start()` runs `mosquitto -c workdir/mosquitto.conf` and waits until the port
 accepts connections; `kill()` is an abrupt SIGKILL (a crashed broker), `stop()` terminates then
@@ -10,10 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -21,7 +17,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from dal.broker import HOST, free_port
+from dal import broker as dal_broker
+from dal.broker import default_config
+from dal.broker import free_port as free_port  # re-exported for the tests
+from dal.errors import LinkError
 
 INSTALL_HINT = (
     "mosquitto is not installed: apt-get install mosquitto (the MQTT tests need a real broker)"
@@ -34,10 +33,7 @@ class BrokerError(RuntimeError):
 
 def find_mosquitto() -> str:
     """Path of the mosquitto binary; BrokerError saying how to install it when missing."""
-    found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
-        None,
-    )
+    found = dal_broker.find_mosquitto()
     if found is None:
         raise BrokerError(INSTALL_HINT)
     return found
@@ -57,18 +53,6 @@ def write_password_file(path: Path, users: dict[str, str]) -> Path:
     return path
 
 
-def default_config(extra: Iterable[str] = ()) -> str:
-    """Anonymous plain listener; `{port}` and `{workdir}` are filled in by Broker."""
-    lines = [
-        "listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "persistence false",
-        "set_tcp_nodelay true",  # else small messages wait ~40 ms for delayed ACKs (Nagle)
-        *extra,
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def start_broker_for(workdir: Path, extra: Iterable[str] = (), config: str | None = None) -> Broker:
     """Start a mosquitto for a test, or FAIL the test (never skip) with the install hint."""
     import pytest  # only the tests need it; the benchmark imports this module too
@@ -79,91 +63,25 @@ def start_broker_for(workdir: Path, extra: Iterable[str] = (), config: str | Non
         pytest.fail(str(err), pytrace=False)
 
 
-class Broker:
-    """One mosquitto process. `config` may use the placeholders {port} and {workdir}."""
+class Broker(dal_broker.MosquittoBroker):
+    """dal.broker's mosquitto, found or failed the way tests want (BrokerError)."""
 
     def __init__(self, workdir: Path, config: str | None = None, port: int | None = None) -> None:
-        self.binary = find_mosquitto()
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.host = HOST
-        self.port = port or free_port()
-        self.log_path = self.workdir / "mosquitto.log"
-        self.config_path = self.workdir / "mosquitto.conf"
-        text = (config or default_config()).replace("{port}", str(self.port))
-        text = text.replace("{workdir}", str(self.workdir))
-        common = [f"log_dest file {self.log_path}", "log_type error", "log_type warning"]
-        if os.geteuid() == 0:
-            common.append("user root")  # else mosquitto drops to 'mosquitto' and cannot read tmp
-        self.config_path.write_text(text + "\n".join(common) + "\n")
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(find_mosquitto(), workdir, port, config)
 
     def start(self, timeout_s: float = 10.0) -> Broker:
-        with open(self.workdir / "stderr.log", "ab") as stderr:
-            self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config_path)],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code, self._proc = self._proc.returncode, None
-                err = (self.workdir / "stderr.log").read_text(errors="replace")
-                raise BrokerError(f"mosquitto exited with {code}: {err}\n{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise BrokerError(
-            f"mosquitto did not accept connections on {self.port} within {timeout_s} s"
-        )
-
-    def kill(self) -> None:
-        """SIGKILL: the broker vanishes like a crash, no clean disconnects."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(5)
-        self._proc = None
-
-    def stop(self) -> None:
-        """terminate, then kill after 5 s."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
-        self._proc = None
+        try:
+            super().start(timeout_s)
+        except LinkError as err:
+            raise BrokerError(str(err)) from None
+        return self
 
     def restart(self, kill: bool = False) -> Broker:
-        """Stop (or kill) and start again on the same port."""
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        return self.start()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        super().restart(kill)
+        return self
 
     def __enter__(self) -> Broker:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # -- helpers the link tests share ----------------------------------------------------------------

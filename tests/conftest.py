@@ -12,6 +12,16 @@ from model_fixtures import tiny_model  # noqa: F401  (session fixture: a trained
 
 from dal.link import Link, LinkConfig, Will
 
+# The session's tiny detector is trained inside whichever test asks for it first: ~1 min on an
+# idle 2-core CPU, several under load. That test gets this much; the rest keep pyproject's limit.
+TRAINS_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tiny_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(TRAINS_TIMEOUT_S))
+
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:

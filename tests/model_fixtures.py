@@ -25,8 +25,8 @@ class TinyModel:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    from dal.exporter.export import export_onnx
     from dal.procedural import make_tiny
+    from dal.trainer.export import export_onnx
     from dal.trainer.train import TrainSettings, train
 
     root = tmp_path_factory.mktemp("tiny-model")

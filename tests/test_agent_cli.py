@@ -17,7 +17,7 @@ from broker import Broker, wait_until
 from PIL import Image
 
 from dal.agent.config import AgentConfig, load_agent_config
-from dal.agent.cycle import QuerySettings, plan
+from dal.agent.cycle import plan
 from dal.agent.daemon import AgentDaemon
 from dal.agent.pool import Pool
 from dal.cli import main
@@ -82,7 +82,7 @@ def test_status_pool_and_dry_run_select_read_the_pool(
     config = load(pooled)
     with Pool(config.agent.data_dir / "pool", min_free_bytes=0) as pool:
         assert [r["sample_id"] for r in rows] == [s.sample_id for s in pool.top(5)]
-        expected = plan(pool, QuerySettings.from_config(config.query), 1).ids
+        expected = plan(pool, config.query, 1).ids
 
     sheet = tmp_path / "out" / "picks.jpg"
     code, out = run_cli(

@@ -1,52 +1,44 @@
 """The agent's onnxruntime detector: fitting frames to the model, metadata checks, watchdog.
 
-Most tests run small hand-built ONNX graphs that follow dal/contract.py (constant detections, a
-feature that is the mean of the input the model received), so they check the agent's side
-exactly; the last test runs a real Faster R-CNN exported by dal.exporter.
+Most tests run the small hand-built ONNX graph of agent_helpers that follows dal/contract.py
+(constant boxes, a feature that is the grey thumbnail of the input the model received), so they
+check the agent's side exactly; the last test runs a real Faster R-CNN exported by dal.exporter.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from agent_helpers import CLASSES, H, W, model_metadata
+from agent_helpers import contract_model as shared_contract_model
 from model_fixtures import TinyModel
 
 from dal import contract
-from dal.agent.detector import (
-    Detector,
-    InferenceTimeoutError,
-    boxes_to_frame,
-    boxes_to_input,
-    fit_image,
-    plan_fit,
-)
+from dal.agent.detector import Detector, InferenceTimeoutError
 from dal.errors import ModelError
+from dal.letterbox import boxes_to_frame
 
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
+pytest.importorskip("onnx")
 
-W, H = 160, 96  # model input
-CLASSES = [contract.BACKGROUND, "washer", "bracket"]
 BOXES = np.array([[16, 8, 80, 56], [100, 40, 150, 90]], np.float32)  # input pixels
 
 
 def metadata(**changes: str | None) -> dict[str, str]:
-    meta = {
-        contract.META_CONTRACT: contract.CONTRACT_VERSION,
-        contract.META_VERSION: "m7",
-        contract.META_PARENT: "m6",
-        contract.META_CLASSES: json.dumps(CLASSES),
-        contract.META_INPUT_SIZE: contract.format_input_size(W, H),
-        contract.META_INPUT_FORMAT: contract.INPUT_FORMAT,
-        contract.META_WEIGHTS_SHA256: "ab" * 32,
-        contract.META_VAL_AP: "0.61",
-        contract.META_SCORE_THRESHOLD: "0.05",
-    }
+    """Version m7 of m6 with AP and threshold; a change of None drops that key."""
+    meta = model_metadata(
+        "m7",
+        **{
+            contract.META_PARENT: "m6",
+            contract.META_WEIGHTS_SHA256: "ab" * 32,
+            contract.META_VAL_AP: "0.61",
+            contract.META_SCORE_THRESHOLD: "0.05",
+        },
+    )
     for key, value in changes.items():
         key = getattr(contract, key)
         if value is None:
@@ -56,106 +48,15 @@ def metadata(**changes: str | None) -> dict[str, str]:
     return meta
 
 
-def contract_model(
-    path: Path,
-    *,
-    boxes: np.ndarray = BOXES,
-    meta: dict[str, str] | None = None,
-    input_shape: tuple[int, int, int] = (H, W, 3),
-    width: int = len(CLASSES),
-    slow_matmuls: int = 0,
-) -> Path:
-    """A tiny model obeying the contract: constant detections, feature = mean of the input."""
-    n = len(boxes)
-    probs = np.full((n, width), 1.0 / width, np.float32)
-    consts = {
-        "c_boxes": boxes.astype(np.float32),
-        "c_labels": (np.arange(n) % (width - 1) + 1).astype(np.int64),
-        "c_scores": np.linspace(0.9, 0.3, n).astype(np.float32),
-        "c_probs": probs,
-        "c_shape": np.array([contract.FEATURE_DIM], np.int64),
-    }
-    nodes = [
-        helper.make_node("Cast", ["image"], ["imgf"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["imgf"], ["mean"], keepdims=0),
-        helper.make_node("Expand", ["mean", "c_shape"], ["feat0"]),
-    ]
-    for out in ("boxes", "labels", "scores", "probs"):
-        nodes.append(helper.make_node("Identity", [f"c_{out}"], [out]))
-    if slow_matmuls:  # a long chain of matrix products, so an inference can be cancelled
-        consts["c_sq"] = np.array([512, 512], np.int64)
-        consts["c_w"] = np.full((512, 512), 1 / 512, np.float32)
-        consts["c_zero"] = np.array(0.0, np.float32)
-        nodes.append(helper.make_node("Expand", ["mean", "c_sq"], ["x0"]))
-        nodes += [
-            helper.make_node("MatMul", [f"x{i}", "c_w"], [f"x{i + 1}"]) for i in range(slow_matmuls)
-        ]
-        nodes += [
-            helper.make_node("ReduceMax", [f"x{slow_matmuls}"], ["s"], keepdims=0),
-            helper.make_node("Mul", ["s", "c_zero"], ["s0"]),
-            helper.make_node("Add", ["feat0", "s0"], ["feature"]),
-        ]
-    else:
-        nodes.append(helper.make_node("Identity", ["feat0"], ["feature"]))
-    outputs = [
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [n, 4]),
-        helper.make_tensor_value_info("labels", TensorProto.INT64, [n]),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [n]),
-        helper.make_tensor_value_info("probs", TensorProto.FLOAT, [n, width]),
-        helper.make_tensor_value_info("feature", TensorProto.FLOAT, [contract.FEATURE_DIM]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "contract",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, list(input_shape))],
-        outputs,
-        [onnx.numpy_helper.from_array(v, k) for k, v in consts.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, metadata() if meta is None else meta)
-    onnx.save(model, path)
-    return path
+def contract_model(path: Path, **kw: Any) -> Path:
+    """The shared contract model with this file's two boxes and metadata."""
+    kw.setdefault("boxes", BOXES)
+    kw.setdefault("meta", metadata())
+    return shared_contract_model(path, **kw)
 
 
 def cpu_detector(path: Path, **kw: object) -> Detector:
     return Detector(path, providers=("CPUExecutionProvider",), **kw)  # type: ignore[arg-type]
-
-
-# ---- pure pre/post-processing -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
-@pytest.mark.parametrize("frame", [(640, 480), (1280, 720), (320, 180), (300, 400), (160, 96)])
-def test_box_mapping_round_trips(mode: str, frame: tuple[int, int]) -> None:
-    fit = plan_fit(*frame, 640, 360, mode=mode)
-    fw, fh = frame
-    boxes = np.array([[0, 0, fw, fh], [0.1 * fw, 0.2 * fh, 0.5 * fw, 0.9 * fh]], np.float32)
-    inside = boxes_to_input(boxes, fit)
-    assert inside[:, 0::2].min() >= fit.pad_x - 1e-3 and inside[:, 2].max() <= 640 + 1e-3
-    np.testing.assert_allclose(boxes_to_frame(inside, fit), boxes, atol=1e-3)
-    if mode == "letterbox":  # aspect kept: same scale on both axes (up to rounding)
-        assert fit.scale_x == pytest.approx(fit.scale_y, rel=0.01)
-        assert fit.pad_x == 0 or fit.pad_y == 0
-
-
-def test_letterbox_places_the_frame_and_pads_around_it() -> None:
-    frame = np.zeros((480, 640, 3), np.uint8)
-    frame[100:200, 300:500] = 255  # a white part
-    fit = plan_fit(640, 480, 640, 360, "letterbox")
-    assert (fit.resized, fit.pad_x, fit.pad_y) == ((480, 360), 80, 0)
-    out = fit_image(frame, fit, pad_value=114)
-    assert out.shape == (360, 640, 3) and out.dtype == np.uint8
-    assert (out[:, :80] == 114).all() and (out[:, 560:] == 114).all()
-    ys, xs = np.nonzero(out[:, :, 0] > 128)
-    found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
-    np.testing.assert_allclose(boxes_to_frame(found, fit), [[300, 100, 500, 200]], atol=2.0)
-
-
-def test_boxes_in_the_padding_are_clipped_to_the_frame() -> None:
-    fit = plan_fit(640, 480, 640, 360, "letterbox")
-    mapped = boxes_to_frame(np.array([[0, -5, 100, 400]], np.float32), fit)
-    np.testing.assert_allclose(mapped, [[0, 0, (100 - 80) / 0.75, 480]], atol=1e-3)
 
 
 # ---- real onnxruntime sessions ----------------------------------------------------------------
@@ -175,9 +76,10 @@ def test_detect_maps_boxes_and_passes_the_fitted_frame(tmp_path: Path) -> None:
         assert fit.pad_x == 16
         np.testing.assert_allclose(det.boxes, boxes_to_frame(BOXES, fit), atol=1e-4)
         assert det.boxes[:, 0::2].max() <= 320 and det.boxes[:, 1::2].max() <= 240
-        # the model saw black content and grey (100) pads: its "feature" is that mean
+        # the model saw black content and grey (100) pads: the feature is its centred grey
+        # thumbnail, whose top-left cell lies in the left pad (mean grey 100 * 32 / W)
         assert det.feature.shape == (contract.FEATURE_DIM,)
-        assert det.feature[0] == pytest.approx(100 * (2 * 16) / W, rel=1e-4)
+        assert det.feature[0] == pytest.approx((100 - 100 * 32 / W) / 255, abs=5e-3)
         assert det.labels.tolist() == [1, 2] and det.probs.shape == (2, 3)
         assert det.latency_s > 0 and detector.latency.summary()["count"] == 2  # + warm-up
         records = det.to_records(info.class_names)
@@ -304,10 +206,11 @@ def test_exported_faster_rcnn_runs_in_the_agent(tiny_model: TinyModel) -> None:
 
 def test_gpu_providers_without_their_driver_are_skipped() -> None:
     """onnxruntime-gpu offers CUDA even without a GPU; choosing it then fails at load."""
-    from dal.agent.detector import _library_loads, choose_providers
+    from dal.agent.providers import choose_providers
+    from dal.agent.providers.base import library_loads
 
     both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    expected = both if _library_loads("libcuda.so.1") else ["CPUExecutionProvider"]
+    expected = both if library_loads("libcuda.so.1") else ["CPUExecutionProvider"]
     assert choose_providers(both, both) == expected
     assert choose_providers(["CUDAExecutionProvider"], ["CPUExecutionProvider"]) == [
         "CPUExecutionProvider"

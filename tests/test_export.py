@@ -14,8 +14,10 @@ from model_fixtures import TinyModel
 from dal import contract
 from dal.coco import load_coco, read_image
 from dal.errors import ModelError
-from dal.exporter.export import ExportOptions, export_onnx, verify
-from dal.trainer.checkpoint import load_checkpoint, weights_sha256
+from dal.exporter.export import ExportOptions, verify
+from dal.exporter.weights import weights_sha256
+from dal.trainer.checkpoint import load_checkpoint
+from dal.trainer.export import export_onnx
 
 
 def _val_images(tiny: TinyModel, n: int = 6) -> list[np.ndarray]:

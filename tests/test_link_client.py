@@ -308,12 +308,19 @@ def test_example_broker_config_tls_passwords_and_acl(tmp_path: Path) -> None:
         spied: list[Command] = []
         got: list[Command] = []
         cam1_cmd = topic("agent_cmd", agent="cam1")
+        own: list[Command] = []
         cam2.subscribe_message(cam1_cmd, Command, lambda t, m: spied.append(m))
+        cam2.subscribe_message(
+            topic("agent_cmd", agent="cam2"), Command, lambda t, m: own.append(m)
+        )
         cam1.subscribe_message(cam1_cmd, Command, lambda t, m: got.append(m))
-        time.sleep(0.3)  # let both SUBACKs arrive
+        wait_until(lambda: all(c.subscriptions_settled() for c in (cam1, cam2)), 5, "SUBACKs")
         trainer.publish(cam1_cmd, Command.new("trigger_cycle", k=5))
         wait_until(lambda: len(got) == 1, 5, "cam1's command")
-        time.sleep(0.3)
+        # The broker serves the trainer's messages in order: once cam2 has its own command,
+        # cam1's would have reached it before, had the ACL let it through.
+        trainer.publish(topic("agent_cmd", agent="cam2"), Command.new("rescore"))
+        wait_until(lambda: len(own) == 1, 5, "cam2's own command")
         assert spied == []
         assert statuses == ["cam1"]
 

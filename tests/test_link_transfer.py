@@ -117,7 +117,7 @@ def test_broker_killed_mid_transfer_every_sample_arrives_exactly_once(
     shipper.start()
     assert chunks_seen.wait(20), "the transfer never got going"
     broker.kill()
-    time.sleep(0.5)
+    wait_until(lambda: not sender.link.connected, 10, "the sender to notice the broker is gone")
     broker.start()
     shipper.join(60)
     assert not shipper.is_alive() and not errors, errors

@@ -32,3 +32,25 @@ def test_the_agent_package_does_not_import_torch() -> None:
         )
     ]
     assert offenders == []
+
+
+# A folder may import only the folders below it: dal/ is the base; the trainer may use the
+# exporter, never the other way round (the exporter takes a built model, not a checkpoint file).
+LOWER_ONLY = {
+    "dal": {"dal.agent", "dal.trainer", "dal.exporter", "dal.blender"},
+    "exporter": {"dal.trainer", "dal.agent"},
+    "agent": {"dal.trainer", "dal.exporter", "dal.blender"},
+}
+
+
+def test_no_folder_imports_one_above_it() -> None:
+    offenders = []
+    for folder, above in LOWER_ONLY.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            for line in path.read_text().splitlines():
+                words = line.split()
+                if len(words) >= 2 and words[0] in ("import", "from"):
+                    module = words[1]
+                    if any(module == a or module.startswith(a + ".") for a in above):
+                        offenders.append(f"{path.relative_to(ROOT)}: {line.strip()}")
+    assert offenders == []

@@ -10,14 +10,15 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from broker import wait_until
 
 from dal.agent import pool as pl
-from dal.agent.pool import InvalidTransitionError, Pool, Scored, decode_jpeg
+from dal.agent.pool import Pool, Scored, decode_jpeg
+from dal.agent.pool_schema import InvalidTransitionError
 from dal.agent.sources import GroundTruth
 from dal.errors import StorageError
 from dal.strategies import select
@@ -118,18 +119,17 @@ def test_eviction_by_count_drops_the_least_informative(tmp_path: Path) -> None:
 def test_eviction_order_and_protected_states(tmp_path: Path) -> None:
     with Pool(tmp_path, max_images=3) as pool:
         a, b, c = (add(pool, i, s) for i, s in enumerate([0.2, 0.3, 0.4]))
-        pool.set_state([a], "selected")
-        pool.set_state([b], "selected")
+        pool.set_state([a], "queued")
         pool.set_state([b], "queued")
         pool.set_state([b], "shipped")  # the trainer holds it: evicted before anything pooled
         d = add(pool, 3, 0.01)
         assert d is not None and pool.get(b) is None and pool.get(c) is not None
         assert add(pool, 4, 0.02) is not None  # now evicts pooled d (0.01 < 0.02)
         assert pool.get(d) is None
-        pool.set_state([c], "selected")
-        pool.set_state(pool.ids(["pooled"]), "selected")
-        assert add(pool, 5, 99.0) is None  # only selected samples left: refused, not evicted
-        assert pool.stats().by_state["selected"] == 3
+        pool.set_state([c], "queued")
+        pool.set_state(pool.ids(["pooled"]), "queued")
+        assert add(pool, 5, 99.0) is None  # only queued samples left: refused, not evicted
+        assert pool.stats().by_state["queued"] == 3
         assert_consistent(pool)
 
 
@@ -147,16 +147,18 @@ def test_eviction_by_bytes(tmp_path: Path) -> None:
 def test_state_transitions(tmp_path: Path) -> None:
     with Pool(tmp_path) as pool:
         a, b = add(pool, 1, 0.5), add(pool, 2, 0.6)
-        for state in ("selected", "queued", "shipped", "labelled"):
+        for state in ("queued", "shipped", "labelled"):
             assert pool.set_state([a], state) == 1
         assert pool.set_state([a], "labelled") == 0  # a repeated ack is a no-op
         with pytest.raises(InvalidTransitionError, match="cannot move"):
             pool.set_state([b, a], "shipped")  # b is pooled: not allowed, nothing changes
         assert pool.get(b).state == "pooled"  # type: ignore[union-attr]
-        assert pool.set_state([b], "selected") == 1
-        assert pool.set_state([b], "pooled") == 1  # query undone
+        assert pool.set_state([b], "queued") == 1  # what a cycle does
+        assert pool.set_state([b], "pooled") == 1  # transfer abandoned
         with pytest.raises(KeyError):
-            pool.set_state(["ghost"], "selected")
+            pool.set_state(["ghost"], "queued")
+        with pytest.raises(ValueError, match="unknown pool state"):
+            pool.set_state([b], "selected")  # never used, so no longer a state
         with pytest.raises(ValueError, match="unknown pool state"):
             pool.set_state([b], "archived")
 
@@ -165,7 +167,7 @@ def test_candidates_feed_the_query_strategies(tmp_path: Path) -> None:
     with Pool(tmp_path) as pool:
         assert len(pool.candidates()) == 0
         ids = [add(pool, i, 0.1 * (i + 1)) for i in range(8)]
-        pool.set_state([ids[0]], "selected")
+        pool.set_state([ids[0]], "queued")
         cands = pool.candidates()
         assert set(cands.ids) == set(ids[1:])
         assert cands.features.shape == (7, D)
@@ -180,7 +182,7 @@ def test_candidates_feed_the_query_strategies(tmp_path: Path) -> None:
 def test_rescore_updates_streams_and_resumes(tmp_path: Path) -> None:
     with Pool(tmp_path) as pool:
         ids = [add(pool, i, 0.0) for i in range(5)]
-        pool.set_state([ids[0]], "selected")  # not pooled: left alone by default
+        pool.set_state([ids[0]], "queued")  # not pooled: left alone by default
         calls: list[int] = []
 
         def fn(rgb: np.ndarray) -> Scored:
@@ -251,9 +253,12 @@ def test_low_free_space_refuses_before_writing(tmp_path: Path) -> None:
         assert len(pool) == 0 and files_on_disk(pool) == set()
 
 
-def rows_in(db: Path) -> int:
+def newest_in(db: Path) -> float:
+    """The latest capture time in a pool database another process is writing (-1: none yet)."""
+    if not db.exists():
+        return -1.0
     with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
-        return conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        return conn.execute("SELECT COALESCE(MAX(capture_time), -1) FROM samples").fetchone()[0]
 
 
 CHILD = textwrap.dedent("""
@@ -278,10 +283,8 @@ def test_kill_during_inserts_leaves_no_row_without_its_file(tmp_path: Path) -> N
     )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and rows_in(root / pl.DB_NAME) < 40:
-            time.sleep(0.05)  # wait until the pool is full, so inserts also evict
-        time.sleep(0.2)
+        # until the pool is full and 20 more inserts have had to evict
+        wait_until(lambda: newest_in(root / pl.DB_NAME) >= 60, 30, "inserts that evict")
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)

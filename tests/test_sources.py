@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from broker import wait_until
 from recordings import make_depth, make_frames, mean_abs_diff, write_kinect_mkv, write_video
 
 from dal import config as cfg
@@ -318,7 +319,7 @@ def test_source_that_appears_later_connects(tmp_path: Path, frames: list[np.ndar
     wrapped = ReconnectingSource(lambda: FolderSource(folder), initial_s=0.05, factor=1.0)
 
     def create_folder() -> None:
-        time.sleep(0.2)
+        wait_until(lambda: wrapped.state.attempts >= 2, 10, "the source to be retried")
         states.append(wrapped.state.status)
         staging = tmp_path / "staging"
         staging.mkdir()

@@ -74,7 +74,6 @@ def test_live_metrics_and_events_update_the_view(make_link) -> None:
     status = AgentStatus(agent="cam3", state="online", time=time.time(), fps=1.0, pool_size=1)
     agent.publish(agent.topic("agent_status", "cam3"), status, retain=True)
     wait_until(lambda: state.snapshot()[0], 5, "the status")
-    time.sleep(0.05)
     metrics = Metrics(agent="cam3", time=time.time(), values={"fps": 4.25, "infer_ms": 80.0})
     agent.publish(agent.topic("agent_metrics", "cam3"), metrics, qos=1)
     event = Event(agent="cam3", time=time.time(), kind="cycle_done", message="k=25")

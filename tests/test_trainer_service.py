@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +85,12 @@ def test_restarted_mid_ingest_nothing_lost_nothing_twice(broker, make_link, tmp_
         for header, data in items[3:]:
             acks[header.sample_id] = sender.ship(header, data, ack_timeout_s=1.5, attempts=60)
 
+    headers_sent: list[bytes] = []  # the sender's own headers, seen on the broker
+    link.subscribe(link.topic("sample_header", "cam1"), lambda t, p: headers_sent.append(p))
+    wait_until(link.subscriptions_settled, 5, "the SUBACK")
     shipper = threading.Thread(target=ship_rest, daemon=True)
     shipper.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(headers_sent) >= 2, 20, "a header sent again to no trainer")
     second = TrainerService(config).start(wait_connected_s=10)
     try:
         shipper.join(120)

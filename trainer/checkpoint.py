@@ -6,7 +6,6 @@ a checkpoint from elsewhere cannot run code.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import torch
 from torchvision.models.detection import FasterRCNN
 
 from dal.errors import ModelError
+from dal.exporter.weights import weights_sha256 as weights_sha256  # where it always was
 from dal.fileio import atomic_write_bytes
 from dal.trainer.detector import DetectorConfig, build_detector
 
@@ -50,17 +50,6 @@ class Checkpoint:
                 hint="the file was written by another version of dal or edited",
             ) from None
         return model
-
-
-def weights_sha256(state: dict[str, torch.Tensor]) -> str:
-    """Hash of the weights alone (names, shapes, bytes), independent of optimizer state."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:

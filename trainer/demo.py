@@ -191,8 +191,8 @@ def labels_json_with_root(labels_json: Path, pool_json: Path) -> Path:
 
 
 def run_offline(out: Path, plan: DemoPlan, cycles: int, k: int, strategy: str, seed: int) -> dict:
-    from dal.exporter.export import export_onnx
     from dal.procedural import make_dataset
+    from dal.trainer.export import export_onnx
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -343,7 +343,7 @@ class Protocol:
     def _score(self, checkpoint: Path) -> Candidates:
         """Score every pool image the way the agent does: exported ONNX, letterboxed input."""
         from dal.agent.detector import Detector
-        from dal.exporter.export import export_onnx
+        from dal.trainer.export import export_onnx
 
         c = self.config
         onnx_path = export_onnx(checkpoint, checkpoint.with_suffix(".onnx"))

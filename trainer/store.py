@@ -22,11 +22,9 @@ SQLite's locking and a busy timeout serialise the writers.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -39,7 +37,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dal.errors import StorageError
-from dal.fileio import fsync_dir, storage_error
+from dal.fileio import fsync_dir, move_durably, storage_error, sync_file
 from dal.link.messages import AgentStatus, Event, Metrics, SampleHeader
 from dal.sqlite_tx import immediate_transaction
 
@@ -157,14 +155,6 @@ def export_name(sample_id: str, suffix: str) -> str:
     return sample_id.replace(":", "__", 1) + suffix
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _image_size(path: Path) -> tuple[int | None, int | None]:
     """Width and height from the image header (no full decode); None when unreadable."""
     try:
@@ -243,8 +233,8 @@ class SampleStore:
         target = self.folder / rel
         try:
             self._ensure_dir(target.parent)
-            self._move(path, target)
-            _fsync_file(target)
+            move_durably(path, target)
+            sync_file(target)
             fsync_dir(target.parent)
         except OSError as err:
             raise storage_error(err, target) from err
@@ -289,20 +279,6 @@ class SampleStore:
             return
         folder.mkdir(parents=True, exist_ok=True)
         fsync_dir(folder.parent)
-
-    @staticmethod
-    def _move(source: Path, target: Path) -> None:
-        try:
-            os.replace(source, target)
-        except OSError as err:
-            if err.errno != errno.EXDEV:
-                raise
-            # spool on another filesystem: copy beside the target, then rename atomically
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, tmp)
-            _fsync_file(tmp)
-            os.replace(tmp, target)
-            source.unlink(missing_ok=True)
 
     def sweep(self) -> int:
         """Delete sample files that have no row (a crash before the commit); return how many.

@@ -55,10 +55,11 @@ def create_source(config: SourceConfig) -> BaseSource:
 
 def open_source(config: SourceConfig, stop: threading.Event | None = None) -> ReconnectingSource:
     """The configured source behind reconnect-with-back-off (what the agent loop reads)."""
-    create_source(config)  # fail now on a config mistake, not in the retry loop
+    probe = create_source(config)  # fail now on a config mistake, not in the retry loop
     rc = config.reconnect
     return ReconnectingSource(
         lambda: create_source(config),
+        live=probe.live,
         initial_s=rc.initial_s,
         max_s=rc.max_s,
         factor=rc.factor,

@@ -106,6 +106,7 @@ class BaseSource:
     """Shared plumbing: stats, context manager, iteration, the corrupt-frame counter."""
 
     kind = "base"
+    live = False  # a camera or stream: frames not read in time are gone (a file waits)
 
     def __init__(self, source_id: str) -> None:
         self.source_id = source_id

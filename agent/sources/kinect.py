@@ -66,6 +66,7 @@ class KinectSource(BaseSource):
     """Colour frames (and depth aligned to colour, when a depth mode is set) from a device."""
 
     kind = "kinect"
+    live = True
 
     def __init__(
         self,

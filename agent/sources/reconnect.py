@@ -59,8 +59,10 @@ class ReconnectingSource:
         factor: float = 2.0,
         max_attempts: int = 0,
         stop: threading.Event | None = None,
+        live: bool = False,
     ) -> None:
         self._factory = factory
+        self.live = live  # the wrapped source's: a camera or stream, not a file
         self._initial_s, self._max_s, self._factor = initial_s, max_s, factor
         self._max_attempts = max_attempts
         self._stop = stop or threading.Event()

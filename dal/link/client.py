@@ -337,6 +337,12 @@ class Link:
 
         self.subscribe(pattern, decode_then_handle, qos)
 
+    def subscriptions_settled(self) -> bool:
+        """Has the broker answered (SUBACK) every subscription sent so far? What a caller waits
+        for before publishing something a fresh subscription must see."""
+        with self._lock:
+            return not self._sub_mids
+
     def unsubscribe(self, pattern: str) -> None:
         with self._lock:
             if self._handlers.pop(pattern, None) is not None and self.connected:

@@ -29,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dal.errors import LinkError, StorageError
-from dal.fileio import atomic_write_json, fsync_dir, sha256_file
+from dal.fileio import atomic_write_json, fsync_dir, sha256_file, sync_file, write_at
 from dal.link.chunks import (
     DEFAULT_CHUNK_SIZE,
     KIND_MODEL,
@@ -39,7 +39,7 @@ from dal.link.chunks import (
 )
 from dal.link.client import Link, Pending
 from dal.link.messages import MAX_REQUEST_CHUNKS, ModelManifest, ModelRequest, chunk_count, now
-from dal.link.signing import sign_manifest, verify_manifest
+from dal.link.signing import sign_manifest, verify_manifest, verify_model_file
 from dal.link.topics import ANY_AGENT, agent_of, check_agent_id
 
 logger = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ class ModelDownloader:
                     f"model chunk {chunk.index}/{chunk.count} does not fit manifest {m.version}"
                 )
             if chunk.index not in d.have:
-                _pwrite(d.part, chunk.offset, chunk.payload)
+                write_at(d.part, chunk.offset, chunk.payload)
                 d.have.add(chunk.index)
                 d.dirty = True
                 self.stats["chunks"] += 1
@@ -391,11 +391,8 @@ class ModelDownloader:
         """All chunks are in: verify, rename into place, report."""
         m = d.manifest
         try:
-            _fsync_file(d.part, truncate_to=m.size)
-            digest = sha256_file(d.part)
-            if digest != m.sha256:
-                raise LinkError(f"sha256 of the assembled model is {digest}, manifest: {m.sha256}")
-            verify_manifest(m, self.public_key)
+            sync_file(d.part, size=m.size)
+            verify_model_file(m, d.part, self.public_key)
             final = self.dest_dir / m.filename
             os.replace(d.part, final)
             fsync_dir(self.dest_dir)
@@ -453,7 +450,7 @@ class ModelDownloader:
         """Record which chunks are on disk: data fsynced first, then the state file."""
         if not d.dirty:
             return
-        _fsync_file(d.part)
+        sync_file(d.part)
         m = d.manifest
         atomic_write_json(
             d.state,
@@ -498,21 +495,3 @@ def _notify(callback: Callable[..., None], *args: Any) -> None:
         callback(*args)
     except Exception:
         logger.exception("model download callback %r failed", callback)
-
-
-def _pwrite(path: Path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path, truncate_to: int | None = None) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        if truncate_to is not None:
-            os.ftruncate(fd, truncate_to)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from dal.errors import ConfigError, LinkError
-from dal.fileio import atomic_write_bytes
+from dal.fileio import atomic_write_bytes, sha256_file
 from dal.link.messages import ModelManifest
 
 
@@ -125,3 +125,16 @@ def verify_manifest(manifest: ModelManifest, public_key: Ed25519PublicKey) -> No
             hint="copy the trainer's current public key to the agent",
         )
     verify_bytes(public_key, manifest.signed_bytes(), manifest.signature)
+
+
+def verify_model_file(
+    manifest: ModelManifest, path: str | os.PathLike[str], public_key: Ed25519PublicKey
+) -> None:
+    """Raise LinkError unless the trusted key signed `manifest` and the file at `path` is the
+    one it names (sha256): the whole check a model file passes before anyone runs it."""
+    verify_manifest(manifest, public_key)
+    digest = sha256_file(path)
+    if digest != manifest.sha256:
+        raise LinkError(
+            f"sha256 of {Path(path).name} is {digest}, the manifest says {manifest.sha256}"
+        )

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dal.errors import LinkError
-from dal.fileio import sha256_file
+from dal.fileio import sha256_file, sync_file, write_at
 from dal.link.chunks import KIND_SAMPLE, Chunk, check_chunk_size, decode_chunk, encode_chunk
 from dal.link.client import Link, Pending
 from dal.link.messages import Ack, SampleHeader, now
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 Payload = bytes | os.PathLike[str] | str
 StoreFn = Callable[[SampleHeader, Path], None]
 HasFn = Callable[[str], bool]
-
 
 
 def _iter_pieces(data: Payload, chunk_size: int) -> Iterator[bytes]:
@@ -298,7 +297,7 @@ class TransferAssembler:
                 self.stats["dropped_chunks"] += 1
                 raise LinkError(f"chunk {chunk.index}/{chunk.count} does not fit its transfer")
             if chunk.index not in partial.have:
-                self._write(partial.path, chunk.offset, chunk.payload)
+                write_at(partial.path, chunk.offset, chunk.payload)
                 partial.have[chunk.index] = (chunk.offset, len(chunk.payload))
             return self._complete_if_ready(key, partial)
 
@@ -353,14 +352,6 @@ class TransferAssembler:
                 del partial.have[index]
                 self.stats["dropped_chunks"] += 1
 
-    @staticmethod
-    def _write(path: Path, offset: int, payload: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.pwrite(fd, payload, offset)
-        finally:
-            os.close(fd)
-
     def _complete_if_ready(self, key: tuple[str, bytes], partial: _Partial) -> Ack | None:
         header = partial.header
         if header is None or len(partial.have) < partial.count:
@@ -370,7 +361,7 @@ class TransferAssembler:
             self._drop(key, remember=True)
             self.stats["duplicates"] += 1
             return Ack(sample_id, "duplicate", now())
-        _truncate_and_sync(partial.path, header.size)
+        sync_file(partial.path, size=header.size)  # the store only has to rename it
         digest = sha256_file(partial.path)
         if digest != header.sha256:
             self._drop(key, remember=False)
@@ -401,16 +392,6 @@ class TransferAssembler:
             self._done[key] = None
             while len(self._done) > 4096:
                 self._done.popitem(last=False)
-
-
-def _truncate_and_sync(path: Path, size: int) -> None:
-    """Cut stray bytes past the end and flush the file, so `store` only has to rename it."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.ftruncate(fd, size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SampleReceiver:
