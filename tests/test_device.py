@@ -116,6 +116,18 @@ def test_a_time_budget_replans_the_epochs(tiny_data: tuple[Path, Path], tmp_path
     result = train(_settings(tiny_data[0], tmp_path / "run", epochs=5, time_budget_s=1e-3))
     assert result.epochs_run == 1
     assert [record["epoch"] for record in result.history] == [1]
+    # the new default layout (RPN from P3 up) exports and runs in onnxruntime
+    import numpy as np
+    import onnxruntime as ort
+
+    from dal.trainer.export import export_onnx
+
+    assert not load_checkpoint(result.best_path).config.rpn_on_p2
+    onnx_path = export_onnx(result.best_path, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    width, height = (int(v) for v in TINY_SIZE.split("x"))
+    outputs = session.run(None, {"image": np.zeros((height, width, 3), np.uint8)})
+    assert any(out.shape == (256,) for out in outputs)  # the P2 feature is still there
 
 
 def test_two_processes_train_one_model_with_ddp(

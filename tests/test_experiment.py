@@ -54,6 +54,8 @@ def _cli_args(data: Path, out: Path) -> list[str]:
         "1",
         "--steps",
         "2",
+        "--epochs",
+        "1",
         "--batch-size",
         "2",
         "--k",
@@ -101,6 +103,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
         input_size=SIZE,
         base_epochs=1,
         steps=2,
+        epochs=1,
         batch_size=2,
     )
     chains = plan(["R", "S+R"], ["random", "margin", "dbal", "coreset"], [2], [0, 1], 2, 2)

@@ -433,6 +433,18 @@ def _train(
     )
 
 
+def last_job_result(ctx: JobContext) -> dict[str, Any] | None:
+    """The newest job's result.json, if any job ran."""
+    results = sorted(ctx.jobs_dir.glob("*/result.json"))
+    if not results:
+        return None
+    try:
+        return json.loads(results[-1].read_text())
+    except (OSError, ValueError) as err:
+        logger.warning("cannot read %s: %s", results[-1], err)
+        return None
+
+
 def _skip(reason: str, **fields: Any) -> JobResult:
     logger.info("fine-tune job skipped: %s", reason)
     return JobResult(SKIPPED, reason, **fields)
