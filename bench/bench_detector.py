@@ -150,8 +150,6 @@ def settings_model(name: str, weights: Path | None) -> tuple[torch.nn.Module, bo
     torch.manual_seed(0)
     model = build_detector(config, weights)
     set_trainable_layers(model, config, layers)
-    if on_p2:  # torchvision's own pre-0.2 numbers: 2000 before and after NMS
-        model.rpn._pre_nms_top_n["training"] = proposals
     set_training_budget(model, proposals, rois)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

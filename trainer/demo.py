@@ -35,7 +35,7 @@ import numpy as np
 from dal.coco import load_coco, read_image, write_coco
 from dal.errors import DalError
 from dal.strategies import STRATEGIES, Candidates, select
-from dal.trainer.device import parse_device
+from dal.trainer.device import add_device_arguments
 
 log = logging.getLogger(__name__)
 
@@ -708,12 +708,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.05,
         help="promotion gate: ... or this fraction of the current AP, whichever is larger",
     )
-    parser.add_argument(
-        "--device",
-        type=parse_device,
-        default="auto",
-        help="training device: auto (CUDA when torch sees it, else CPU), cpu, cuda or cuda:N",
-    )
+    add_device_arguments(parser, amp=False)
     parser.add_argument("--synthetic", type=int, help="synthetic images (overrides the plan)")
     parser.add_argument("--pool", type=int, help="workbench pool images")
     parser.add_argument("--val", type=int, help="workbench validation images")

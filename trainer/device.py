@@ -8,12 +8,14 @@ bf16 is slower than fp32.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -111,3 +113,21 @@ def set_cpu_threads(threads: int | None) -> int:
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
         torch.set_num_interop_threads(1)
     return count
+
+
+def add_device_arguments(parser: Any, *, amp: bool = True, scope: str = "training") -> None:
+    """--device (and --amp) for every command that runs torch: one definition, one help."""
+    parser.add_argument(
+        "--device",
+        type=parse_device,
+        default="auto",
+        help=f"{scope}: auto (CUDA when torch sees it, else CPU; logged), cpu, cuda or cuda:N",
+    )
+    if amp:
+        parser.add_argument(
+            "--amp",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="mixed precision: default on with CUDA (bf16, else fp16 + GradScaler), off on "
+            "a CPU (bf16 only where the CPU has AVX512-BF16/AMX)",
+        )

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dal.coco import CocoDataset, load_coco, predictions_to_coco_results, read_image
 from dal.errors import DalError
-from dal.trainer.device import parse_device
+from dal.trainer.device import add_device_arguments
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=Path, help="write a PNG/JPEG sheet of predictions here")
     parser.add_argument("--grid-images", type=int, default=16, help="images on the sheet")
     parser.add_argument("--score-threshold", type=float, help="override the model's threshold")
-    parser.add_argument(
-        "--device",
-        type=parse_device,
-        default="auto",
-        help="for .pt checkpoints: auto (CUDA when present), cpu, cuda or cuda:N",
-    )
+    add_device_arguments(parser, amp=False, scope="for .pt checkpoints")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ from dal.errors import ConfigError
 from dal.fileio import atomic_write_text
 from dal.strategies import STRATEGIES
 from dal.trainer.detector import ARCHITECTURES
-from dal.trainer.device import parse_device, set_cpu_threads
+from dal.trainer.device import add_device_arguments, set_cpu_threads
 from dal.trainer.plots import figure6, figure8
 from dal.trainer.protocol import (
     SETTINGS,
@@ -109,18 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--score-threshold", type=float, default=0.05)
     model.add_argument("--base-seed", type=int, default=0)
     model.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    model.add_argument(
-        "--device",
-        type=parse_device,
-        default="auto",
-        help="auto (CUDA when torch sees it, else CPU; logged), cpu, cuda or cuda:N",
-    )
-    model.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mixed precision (default: on with CUDA, off on a CPU)",
-    )
+    add_device_arguments(model)
     model.add_argument(
         "--keep-checkpoints", action="store_true", help="keep every run's best.pt (disk!)"
     )

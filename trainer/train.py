@@ -41,7 +41,7 @@ from dal.trainer.detector import (
     set_trainable_layers,
     set_training_budget,
 )
-from dal.trainer.device import parse_device, set_cpu_threads
+from dal.trainer.device import add_device_arguments, set_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -264,20 +264,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """Device, precision and the CPU-speed knobs, shared by train, experiment and demo."""
-    parser.add_argument(
-        "--device",
-        type=parse_device,
-        default="auto",
-        help="auto (CUDA when torch sees it, else CPU; logged), cpu, cuda or cuda:N",
-    )
-    parser.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mixed precision: default on with CUDA (bf16, else fp16 + GradScaler), off on a "
-        "CPU (bf16 only where the CPU has AVX512-BF16/AMX)",
-    )
+    """Device, precision and the CPU-speed knobs of `dal train`."""
+    add_device_arguments(parser)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     parser.add_argument(
         "--trainable-layers",
