@@ -40,16 +40,9 @@ from dal.strategies import STRATEGIES
 from dal.trainer.detector import ARCHITECTURES
 from dal.trainer.device import add_device_arguments, set_cpu_threads
 from dal.trainer.plots import figure6, figure8
-from dal.trainer.protocol import (
-    SETTINGS,
-    Chain,
-    Outcome,
-    Protocol,
-    ProtocolConfig,
-    check_fingerprint,
-    plan,
-    write_settings,
-)
+from dal.trainer.protocol import Outcome, Protocol
+from dal.trainer.protocol_config import ProtocolConfig, check_fingerprint, write_settings
+from dal.trainer.protocol_plan import SETTINGS, Chain, plan
 from dal.trainer.report import markdown_table, read_results, timing_summary
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,10 @@ AP@[0.5:0.95] on the validation split, `export_onnx` + the agent's `Detector` sc
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,143 +35,16 @@ import numpy as np
 
 from dal.coco import CocoDataset, load_coco, read_image, write_coco
 from dal.errors import ConfigError, DalError
-from dal.fileio import atomic_write_json
 from dal.scoring import image_score
 from dal.strategies import Candidates, select
+from dal.trainer.protocol_config import ProtocolConfig
+from dal.trainer.protocol_plan import RANDOM, Chain
 from dal.trainer.report import BASE_MODE, BASE_SETTING, BASE_STRATEGY, ResultsFile
 
 log = logging.getLogger(__name__)
 
-SETTINGS = ("R", "S+R")
-MODES = ("single", "multi")
-RANDOM = "random"
 # Each cycle's random picks use another stream of the same seed.
 _CYCLE_SEED_STRIDE = 7919
-
-
-@dataclass(frozen=True)
-class Chain:
-    """Runs that share one labelled set: one cycle ('single') or several ('multi')."""
-
-    setting: str
-    mode: str
-    strategy: str
-    k: int
-    seed: int
-    cycles: int = 1
-
-    def key(self, cycle: int) -> tuple[str, str, str, int, int, int]:
-        return (self.setting, self.mode, self.strategy, self.k, self.seed, cycle)
-
-    @property
-    def name(self) -> str:
-        setting = self.setting.replace("+", "")
-        return f"{setting}-{self.mode}-{self.strategy}-k{self.k}-s{self.seed}"
-
-    def describe(self, cycle: int) -> str:
-        text = f"{self.setting} {self.strategy} k={self.k} seed {self.seed}"
-        return text + (f" cycle {cycle}/{self.cycles}" if self.mode == "multi" else "")
-
-
-def plan(
-    settings: list[str],
-    strategies: list[str],
-    ks: list[int],
-    seeds: list[int],
-    cycles: int = 0,
-    cycle_k: int = 0,
-    cycle_strategies: list[str] | None = None,
-    repeat_all: bool = False,
-) -> list[Chain]:
-    """Every chain to run, in order: single-cycle runs by k, then multi-cycle chains.
-
-    `repeat_all` runs the deterministic strategies over every seed too: their picks barely
-    change (dbal's k-means seeding does), the training noise is what gets measured."""
-    if not seeds:
-        raise ConfigError("--seeds: give at least one seed")
-    if any(k < 1 for k in ks) or (cycles and cycle_k < 1):
-        raise ConfigError("--k and --cycle-k values must be at least 1")
-    unknown = [s for s in settings if s not in SETTINGS]
-    if unknown:
-        raise ConfigError(f"--settings {unknown}: choose from {', '.join(SETTINGS)}")
-
-    def seeds_for(strategy: str) -> list[int]:
-        return seeds if strategy == RANDOM or repeat_all else seeds[:1]
-
-    chains = []
-    for k in ks:
-        for setting in settings:
-            for strategy in strategies:
-                if setting == "R" and strategy != RANDOM:
-                    continue
-                chains += [Chain(setting, "single", strategy, k, s) for s in seeds_for(strategy)]
-    if cycles and "S+R" in settings:
-        for strategy in cycle_strategies or ["dbal"]:
-            chains += [
-                Chain("S+R", "multi", strategy, cycle_k, s, cycles) for s in seeds_for(strategy)
-            ]
-    return chains
-
-
-@dataclass(frozen=True)
-class ProtocolConfig:
-    """What defines the results; everything here goes into experiment.json."""
-
-    real: Path
-    val: Path
-    out: Path
-    synthetic: Path | None = None
-    base: Path | None = None
-    arch: str = "mobilenet_v2_fpn"
-    backbone_weights: str = "imagenet"
-    input_size: str = "640x360"
-    base_epochs: int = 10
-    steps: int = 40
-    epochs: int = 15
-    batch_size: int = 4
-    lr: float | None = None
-    base_lr: float | None = None
-    beta: float = 2.0
-    score_method: str = "margin"
-    aggregate: str = "sum"
-    allow_labelled: bool = False
-    proposals: int = 300
-    score_threshold: float = 0.05
-    augment: bool = True
-    base_seed: int = 0
-    keep_checkpoints: bool = False
-    device: str = "auto"
-    amp: bool | None = None
-
-    # fields that do not change any number in results.csv (beyond floating-point noise)
-    NOT_RESULTS = ("out", "keep_checkpoints", "device", "amp")
-
-    def fingerprint(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name in self.NOT_RESULTS:
-            data.pop(name)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
-
-
-def check_fingerprint(path: Path, config: ProtocolConfig) -> None:
-    """Refuse to mix runs made with other settings into one results.csv."""
-    if not path.exists():
-        return
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("config", {})
-    except (OSError, ValueError, AttributeError) as err:
-        raise ConfigError(
-            f"{path}: cannot read the recorded settings ({err})",
-            hint="restore the file, or use another --out",
-        ) from None
-    now = config.fingerprint()
-    changed = sorted(k for k in now if recorded.get(k) != now[k])
-    if changed:
-        detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ConfigError(
-            f"{path}: this experiment folder was run with other settings ({detail})",
-            hint="use another --out for new settings, or restore them to resume",
-        )
 
 
 @dataclass
@@ -527,34 +399,3 @@ def _row(
         "picked": ";".join(str(i) for i in picked),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def write_settings(path: Path, config: ProtocolConfig, chains: list[Chain]) -> None:
-    """experiment.json: the settings, the plan and the software that produced results.csv."""
-    import platform
-
-    import torch
-    import torchvision
-
-    atomic_write_json(
-        path,
-        {
-            "config": config.fingerprint(),
-            "out": str(config.out),
-            "plan": [asdict(ch) for ch in chains],
-            "software": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
-                "threads": torch.get_num_threads(),
-            },
-            "machine": {"processor": platform.processor(), "cpus": _cpus()},
-            "written": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-    )
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
