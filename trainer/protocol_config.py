@@ -8,7 +8,7 @@ results.csv never mixes runs that are not comparable.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ class ProtocolConfig:
     score_threshold: float = 0.05
     augment: bool = True
     base_seed: int = 0
+    # R's start: 0 = the backbone alone (random only); N = M(L0) on N random pool images
+    initial: int = 0
     keep_checkpoints: bool = False
     device: str = "auto"
     amp: bool | None = None
@@ -70,9 +72,12 @@ def check_fingerprint(path: Path, config: ProtocolConfig) -> None:
             hint="restore the file, or use another --out",
         ) from None
     now = config.fingerprint()
-    changed = sorted(k for k in now if recorded.get(k) != now[k])
+    # a setting added after the folder was made was, by then, at its default
+    defaults = {f.name: f.default for f in fields(ProtocolConfig)}
+    before = {k: recorded.get(k, defaults.get(k)) for k in now}
+    changed = sorted(k for k in now if before[k] != now[k])
     if changed:
-        detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {now[k]!r}" for k in changed)
+        detail = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
         raise ConfigError(
             f"{path}: this experiment folder was run with other settings ({detail})",
             hint="use another --out for new settings, or restore them to resume",

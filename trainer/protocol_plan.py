@@ -49,11 +49,15 @@ def plan(
     cycle_k: int = 0,
     cycle_strategies: list[str] | None = None,
     repeat_all: bool = False,
+    initial: int = 0,
 ) -> list[Chain]:
     """Every chain to run, in order: single-cycle runs by k, then multi-cycle chains.
 
     `repeat_all` runs the deterministic strategies over every seed too: their picks barely
-    change (dbal's k-means seeding does), the training noise is what gets measured."""
+    change (dbal's k-means seeding does), the training noise is what gets measured. With
+    `initial` (R starts from M(L0)), R runs every strategy and its cycles too, and every
+    strategy runs over every seed, since the seed changes L0 and the paired comparison with
+    random needs each seed."""
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")
     if any(k < 1 for k in ks) or (cycles and cycle_k < 1):
@@ -61,20 +65,45 @@ def plan(
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise ConfigError(f"--settings {unknown}: choose from {', '.join(SETTINGS)}")
+    every_seed = repeat_all or initial > 0
 
     def seeds_for(strategy: str) -> list[int]:
-        return seeds if strategy == RANDOM or repeat_all else seeds[:1]
+        return seeds if strategy == RANDOM or every_seed else seeds[:1]
+
+    def queries(setting: str, strategy: str) -> bool:
+        return setting == "S+R" or initial > 0 or strategy == RANDOM
 
     chains = []
     for k in ks:
         for setting in settings:
             for strategy in strategies:
-                if setting == "R" and strategy != RANDOM:
-                    continue
-                chains += [Chain(setting, "single", strategy, k, s) for s in seeds_for(strategy)]
-    if cycles and "S+R" in settings:
-        for strategy in cycle_strategies or ["dbal"]:
-            chains += [
-                Chain("S+R", "multi", strategy, cycle_k, s, cycles) for s in seeds_for(strategy)
-            ]
+                if queries(setting, strategy):
+                    chains += [
+                        Chain(setting, "single", strategy, k, s) for s in seeds_for(strategy)
+                    ]
+    if cycles:
+        for setting in settings:
+            for strategy in cycle_strategies or ["dbal"]:
+                if setting == "S+R" or initial > 0:
+                    chains += [
+                        Chain(setting, "multi", strategy, cycle_k, s, cycles)
+                        for s in seeds_for(strategy)
+                    ]
     return chains
+
+
+def plan_notes(settings: list[str], strategies: list[str], cycles: int, initial: int) -> list[str]:
+    """What the plan leaves out that the command line asked for, said plainly."""
+    if "R" not in settings or initial > 0:
+        return []
+    notes = []
+    dropped = [s for s in strategies if s != RANDOM]
+    if dropped:
+        notes.append(
+            "R without --initial starts from the ImageNet backbone alone and runs random only "
+            f"({', '.join(dropped)} not run for R: an untrained head has nothing to score "
+            "with); give --initial N to start R from a model trained on N random real images"
+        )
+    if cycles:
+        notes.append("R without --initial runs no multi-cycle chains (--cycles is S+R only)")
+    return notes
