@@ -133,7 +133,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone-weights", default="imagenet", help="'imagenet' (local file), 'none', a .pth"
     )
     model.add_argument("--input-size", default="640x360", help="model input WIDTHxHEIGHT")
-    model.add_argument("--base-epochs", type=int, default=10, help="epochs of M0 on synthetic")
+    model.add_argument(
+        "--base-epochs",
+        type=int,
+        default=10,
+        help="epochs of M0 on synthetic, and of R's start model on L0 (--initial)",
+    )
     model.add_argument("--steps", type=int, default=40, help="fewest SGD steps per fine-tuning run")
     model.add_argument(
         "--epochs",
