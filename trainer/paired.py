@@ -96,10 +96,10 @@ def _sha256(data: bytes) -> str:
 class RunAPs:
     """Full-set AP and resample APs of each run, from its detections file (cached)."""
 
-    def __init__(self, out: Path, val: CocoDataset | None, resamples: np.ndarray) -> None:
+    def __init__(self, out: Path, val: CocoDataset | None) -> None:
         self.out = out
         self.val = val
-        self.resamples = resamples
+        self.resamples = np.zeros((0, len(val.images) if val else 0), dtype=np.int64)
         self.val_ids = sorted(rec.id for rec in val.images) if val is not None else []
         self._models: dict[str, ImageAP] = {}
         self.computed = 0
@@ -162,6 +162,30 @@ def _resample_count(
     return min(requested, max(fit, MIN_RESAMPLES)), cost
 
 
+def _cells(matched: list[tuple[dict, dict]], runs: RunAPs, intervals: bool) -> list[PairedCell]:
+    """Per (block, labelled): each seed's difference (with its interval when both runs have
+    detections), and their mean (with an interval when every seed has one)."""
+    cells: dict[tuple[BlockKey, int], PairedCell] = {}
+    diffs: dict[tuple[BlockKey, int], list[np.ndarray]] = {}
+    for row, partner in matched:
+        key = (_block_key(row), row["labelled"])
+        cell = cells.setdefault(key, PairedCell(*key))
+        a, b = (runs.aps(row), runs.aps(partner)) if intervals else (None, None)
+        if a is None or b is None:
+            cell.by_seed[row["seed"]] = row["AP"] - partner["AP"]
+            continue
+        cell.by_seed[row["seed"]] = percentile_interval(a[0] - b[0], a[1] - b[1])
+        diffs.setdefault(key, []).append(a[1] - b[1])
+    for key, cell in cells.items():
+        values = [v.value if isinstance(v, Interval) else v for v in cell.by_seed.values()]
+        stacked = diffs.get(key, [])
+        if stacked and len(stacked) == len(values):
+            cell.mean = percentile_interval(statistics.fmean(values), np.mean(stacked, axis=0))
+        else:
+            cell.mean = statistics.fmean(values)
+    return list(cells.values())
+
+
 def paired_report(
     rows: list[dict],
     out: Path,
@@ -174,42 +198,24 @@ def paired_report(
     started = time.perf_counter()
     matched = pairs(rows)
     involved = list({id(r): r for pair in matched for r in pair}.values())
+    runs = RunAPs(out, val)
     notes = []
     if val is None:
         notes.append("validation file not found: differences without intervals")
-    probe = RunAPs(out, val, np.zeros((0, 0), dtype=np.int64))
-    count, cost = _resample_count(probe, involved, requested, budget_s)
+    count, cost = _resample_count(runs, involved, requested, budget_s)
     if 0 < count < requested:
         notes.append(
             f"resamples reduced from {requested} to {count} to fit the {budget_s:.0f} s "
             f"budget ({cost * 1000:.1f} ms per AP, {len(involved)} models)"
         )
     images = len(val.images) if val is not None else 0
-    resamples = resample_positions(images, count, seed) if count else np.zeros((0, images), int)
-    runs = RunAPs(out, val, resamples)
+    if count:
+        runs.resamples = resample_positions(images, count, seed)
     missing = sum(1 for r in involved if runs.path(r) is None)
     if missing and val is not None:
         notes.append(f"{missing} runs have no detections file: their differences have no interval")
-    cells: dict[tuple[BlockKey, int], PairedCell] = {}
-    diffs: dict[tuple[BlockKey, int], list[np.ndarray]] = {}
-    for row, partner in sorted(matched, key=lambda p: (_block_key(p[0]), p[0]["labelled"])):
-        key = (_block_key(row), row["labelled"])
-        cell = cells.setdefault(key, PairedCell(*key))
-        a, b = (runs.aps(row), runs.aps(partner)) if count else (None, None)
-        if a is None or b is None:
-            cell.by_seed[row["seed"]] = row["AP"] - partner["AP"]
-            continue
-        cell.by_seed[row["seed"]] = percentile_interval(a[0] - b[0], a[1] - b[1])
-        diffs.setdefault(key, []).append(a[1] - b[1])
-    for key, cell in cells.items():
-        values = [v.value if isinstance(v, Interval) else v for v in cell.by_seed.values()]
-        stacked = diffs.get(key, [])
-        if len(stacked) == len(values) and stacked:
-            cell.mean = percentile_interval(statistics.fmean(values), np.mean(stacked, axis=0))
-        else:
-            cell.mean = statistics.fmean(values)
     return PairedReport(
-        list(cells.values()),
+        _cells(matched, runs, count > 0),
         count,
         requested,
         images,
