@@ -20,8 +20,12 @@ from dal.cli import main
 from dal.errors import ConfigError
 from dal.procedural import make_tiny
 from dal.trainer.experiment import run_experiment, write_report
-from dal.trainer.protocol import Outcome, ProtocolConfig, plan, repeated_subset
-from dal.trainer.report import markdown_table, read_results
+from dal.trainer.protocol import Outcome
+from dal.trainer.protocol_config import ProtocolConfig
+from dal.trainer.protocol_plan import plan
+from dal.trainer.protocol_steps import repeated_subset
+from dal.trainer.report import markdown_table
+from dal.trainer.results import read_results
 
 SIZE = "160x96"
 
