@@ -102,7 +102,16 @@ def _services(
             )
             agent.start()
             stops.callback(_stop_quietly, agent.stop)
-            yield Running(out, broker, config, trainer, m0_record, link, events, agent)
+            yield Running(
+                out=out,
+                broker=broker,
+                trainer_config=config,
+                trainer=trainer,
+                m0=m0_record,
+                link=link,
+                events=events,
+                agent=agent,
+            )
         finally:
             say("stopping agent, trainer and broker")  # before the stack stops them
 
