@@ -8,17 +8,14 @@ all.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
 import pytest
-import torch
+from cli_run import run_cli
 
-from dal.cli import main
 from dal.coco import load_coco
 from dal.procedural import make_tiny
 from dal.trainer.checkpoint import load_checkpoint
@@ -37,17 +34,6 @@ class Run:
     stdout: str
     report_stdout: str
     rows: list[dict]
-
-
-def _cli(args: list[str]) -> tuple[int, str]:
-    threads = torch.get_num_threads()
-    stdout = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(stdout):
-            code = main(args)
-    finally:
-        torch.set_num_threads(threads)
-    return code, stdout.getvalue()
 
 
 def _args(data: Path, out: Path, initial: int = INITIAL) -> list[str]:
@@ -103,9 +89,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     make_tiny(data / "pool", 10, classes=1, seed=2, style="workbench")
     make_tiny(data / "val", 4, classes=1, seed=3, style="workbench")
     out = root / "exp"
-    code, stdout = _cli(_args(data, out))
+    code, stdout = run_cli(_args(data, out))
     assert code == 0, stdout
-    code, report = _cli(["experiment", "--report-only", "--out", str(out), "--bootstrap", "200"])
+    code, report = run_cli(["experiment", "--report-only", "--out", str(out), "--bootstrap", "200"])
     assert code == 0, report
     return Run(data, out, stdout, report, read_results(out / "results.csv"))
 
@@ -195,7 +181,7 @@ def test_table_names_the_start_models_and_the_intervals(run: Run) -> None:
 
 
 def test_initial_is_part_of_the_fingerprint(run: Run, capsys: pytest.CaptureFixture) -> None:
-    code, _ = _cli(_args(run.data, run.out, initial=4))
+    code, _ = run_cli(_args(run.data, run.out, initial=4))
     assert code == 1
     assert "initial: 3 -> 4" in capsys.readouterr().err
 

@@ -6,13 +6,13 @@ given, and its document checked completely by `readers` before `import_labels` s
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dal.coco import parse_json_text
 from dal.errors import DatasetError
 from dal.trainer.labels import CVAT_JSON, FORMATS
 from dal.trainer.labels.readers import ImportResult, SampleIndex, read_coco, read_labelstudio
@@ -24,13 +24,7 @@ def _parse_json(source: str, data: bytes) -> Any:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DatasetError(f"{source}: not UTF-8 text at byte {err.start}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DatasetError(
-            f"{source}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}",
-            hint="the file may be truncated; export it from the tool again",
-        ) from None
+    return parse_json_text(source, text)
 
 
 def _read_file(path: Path) -> bytes:
