@@ -46,7 +46,7 @@ from dal.agent.shipper import Shipper
 from dal.agent.sources import ReconnectingSource, open_source
 from dal.agent.supervisor import Supervisor
 from dal.errors import DalError, StorageError
-from dal.link import AckWaiter, Command, Link, ModelDownloader, TransferSender, agent_will
+from dal.link import AckWaiter, Link, ModelDownloader, TransferSender, agent_will
 from dal.link.signing import load_public_key
 from dal.notify import Notifier
 
@@ -246,7 +246,7 @@ class AgentDaemon:
             retry_max_s=cfg.link.retry_max_s,
         )
         topic = self.link.topic("agent_cmd", self.agent)
-        self.link.subscribe_message(topic, Command, self.commands.on_command)
+        self.link.subscribe(topic, self.commands.on_payload)
         if cfg.update.enabled and self.public_key is not None:
             self.downloader = ModelDownloader(
                 self.link,
