@@ -20,7 +20,6 @@ Conventions:
   through; the check is on the name, so a symlink inside the root is still followed.
 """
 
-
 from __future__ import annotations
 
 import json

@@ -81,9 +81,7 @@ def storage_error(err: OSError, path: Path) -> StorageError:
     return StorageError(f"cannot write {path}: {err}")
 
 
-def atomic_write_bytes(
-    path: str | os.PathLike[str], data: bytes, mode: int | None = None
-) -> Path:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> Path:
     """Replace `path` with `data` atomically; on failure the old file (if any) stays untouched.
     The file gets `mode`, else what the umask allows (see the module docstring)."""
     target = Path(path)
