@@ -380,6 +380,11 @@ class Ack(Message):
         return self.status != "rejected"
 
 
+# A manifest meta key: true when the model is meant to have other class names than the one it
+# replaces (agents refuse such a model otherwise). Signed like all of meta.
+META_CLASSES_CHANGED = "classes_changed"
+
+
 @dataclass(frozen=True)
 class ModelManifest(Message):
     """Retained on models/manifest. `signature` is Ed25519 over `signed_bytes()`."""
