@@ -245,6 +245,14 @@ class PoolConfig:
     jpeg_quality: int = field(
         default=90, metadata=doc("JPEG quality of pooled frames.", min=1, max=100)
     )
+    full_retry_s: float = field(
+        default=5.0,
+        metadata=doc(
+            "While the pool cannot store (disk full), capture pauses and one frame this often "
+            "tries again; the first one stored resumes capture.",
+            min=0.05,
+        ),
+    )
     synchronous: Literal["NORMAL", "FULL"] = field(
         default="NORMAL",
         metadata=doc(

@@ -45,6 +45,7 @@ from dal.agent.pool import Pool
 from dal.agent.reporting import EventLog, Parts, Reporter
 from dal.agent.shipper import Shipper
 from dal.agent.sources import ReconnectingSource, open_source
+from dal.agent.storage_gate import StorageGate
 from dal.agent.supervisor import Supervisor
 from dal.errors import ConfigError, DalError, ModelError, StorageError
 from dal.link import AckWaiter, Link, ModelDownloader, TransferSender, agent_will
@@ -216,6 +217,7 @@ class AgentDaemon:
             outbox=self.outbox,
             trigger=self.trigger,
             stop=self.stop_event,
+            storage=StorageGate(cfg.pool.full_retry_s, on_change=self._storage_changed),
         )
         self.commands = Commands(
             cfg.query,
@@ -300,6 +302,14 @@ class AgentDaemon:
         self._status_dirty.set()
         if self.shipper is not None:
             self.shipper.wake.set()
+
+    def _storage_changed(self, reason: str | None) -> None:
+        """Capture paused (the pool cannot store) or resumed: an event, and the status now."""
+        if reason is not None:
+            self.emit("capture_paused", f"capture paused: {reason}", {"reason": reason})
+        else:
+            self.emit("capture_resumed", "capture resumed: the pool stores frames again", {})
+        self._status_dirty.set()
 
     def _on_ack(self, ack: Any) -> None:
         if self.shipper is not None:

@@ -158,6 +158,7 @@ class AgentStatus(Message):
     fps: float = 0.0
     last_cycle: float | None = None
     outbox_backlog: int = 0
+    storage_error: str | None = None  # why capture is paused (the pool cannot store), if it is
 
     def __post_init__(self) -> None:
         check_agent_id(self.agent)
