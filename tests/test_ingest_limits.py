@@ -32,7 +32,7 @@ def ship(link: Link, agent: str, data: bytes) -> tuple[SampleHeader, str]:
 def test_headerless_chunks_from_one_agent_block_nobody(
     make_link: Callable[..., Link], tmp_path: Path
 ) -> None:
-    trainer, assembler, store = trainer_side(make_link, tmp_path)
+    _trainer, assembler, store = trainer_side(make_link, tmp_path)
     rogue = make_link("cam9")
     chunk_topic = rogue.topic("sample_chunk", "cam9")
     for _ in range(300):  # more than the old trainer-wide limit of 256
