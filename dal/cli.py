@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dal.trainer.evaluate", "AP@[0.5:0.95], AP50, AP75 of a checkpoint or ONNX model"),
     "export": ("dal.trainer.export", "checkpoint -> ONNX detector with probs and P2 feature"),
     "render": ("dal.blender.render", "render a synthetic COCO training set from 3D meshes"),
-    "demo": ("dal.trainer.demo", "the active-learning loop end to end on generated data"),
+    "demo": ("dal.demo.cli", "the active-learning loop end to end on generated data"),
     "agent": (
         "dal.agent.cli",
         "the edge daemon: capture, score, pool, query, ship, hot-swap models",

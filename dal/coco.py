@@ -206,11 +206,16 @@ def _read_json(path: Path) -> Any:
         ) from None
     except OSError as err:
         raise DatasetError(f"{path}: cannot read: {err.strerror}") from err
+    return parse_json_text(str(path), text)
+
+
+def parse_json_text(source: str, text: str) -> Any:
+    """json.loads with an error that names the file, line and column (a truncated export)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise DatasetError(
-            f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}",
+            f"{source}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}",
             hint="the file may be truncated; export or copy it again",
         ) from None
 

@@ -63,6 +63,17 @@ def wait_pooled(daemon: AgentDaemon, n: int, timeout_s: float = 30.0) -> None:
     wait_until(lambda: len(daemon.pool) >= n, timeout_s, f"{n} pooled samples")
 
 
+def wait_worker_passes(
+    daemon: AgentDaemon, name: str, passes: int, timeout_s: float = 10.0
+) -> None:
+    """Wait until worker `name`'s heartbeat has moved on `passes` times. A worker that beats
+    once per loop has then finished the pass it was in and `passes - 1` whole passes after it."""
+    worker = daemon.workers[name]
+    for n in range(passes):
+        beat = worker.beat
+        wait_until(lambda b=beat: worker.beat > b, timeout_s, f"beat {n + 1} of worker {name}")
+
+
 def command(link: Link, action: str, **params: object) -> Command:
     cmd = Command.new(action, **params)
     link.publish(topic("agent_cmd", link.config.root, AGENT), cmd)
@@ -556,7 +567,10 @@ def test_drift_starts_a_cycle_once_per_shift(tmp_path: Path, model: Path) -> Non
     try:
         wait_pooled(daemon, 40)
         wait_until(lambda: daemon.outbox.last_cycle() is not None, 10.0, "a drift cycle")
-        time.sleep(1.0)  # no second cycle for the same shift
+        # Every frame is in (drift is measured before a frame is pooled). Two beats of the cycle
+        # worker: the pass that ran the cycle (and moved the reference) is over, and a whole
+        # pass after it has looked again; a second cycle for the same shift would be there.
+        wait_worker_passes(daemon, "cycle", 2)
         cycles = daemon.outbox.cycles()
     finally:
         daemon.stop()

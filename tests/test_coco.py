@@ -176,7 +176,7 @@ def test_truncated_json_reports_line_and_column(coco_dir: Path) -> None:
     text = json.dumps(_valid_doc(), indent=2)
     path = coco_dir / "train.json"
     path.write_text(text[: len(text) // 2])
-    with pytest.raises(DatasetError, match=r"train\.json: invalid JSON at line \d+, column \d+"):
+    with pytest.raises(DatasetError, match=r"train\.json: line \d+, column \d+: invalid JSON"):
         load_coco(path)
 
 

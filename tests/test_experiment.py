@@ -6,22 +6,24 @@ unchanged: every call must do exactly the runs results.csv lacks.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import torch
+from cli_run import run_cli
 from PIL import Image
 
-from dal.cli import main
 from dal.errors import ConfigError
 from dal.procedural import make_tiny
 from dal.trainer.experiment import run_experiment, write_report
-from dal.trainer.protocol import Outcome, ProtocolConfig, plan, repeated_subset
-from dal.trainer.report import markdown_table, read_results
+from dal.trainer.protocol import Outcome
+from dal.trainer.protocol_config import ProtocolConfig
+from dal.trainer.protocol_plan import plan
+from dal.trainer.protocol_steps import repeated_subset
+from dal.trainer.report import markdown_table
+from dal.trainer.results import read_results
 
 SIZE = "160x96"
 
@@ -67,18 +69,6 @@ def _cli_args(data: Path, out: Path) -> list[str]:
     ]
 
 
-def _cli(args: list[str]) -> tuple[int, str]:
-    """`dal ...` in this process; its --threads setting is undone afterwards."""
-    threads = torch.get_num_threads()
-    stdout = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(stdout):
-            code = main(args)
-    finally:
-        torch.set_num_threads(threads)
-    return code, stdout.getvalue()
-
-
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
     root = tmp_path_factory.mktemp("experiment")
@@ -90,7 +80,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
 
     # stage 1 through the CLI: seed 0, one cycle of the multi-cycle chain
     threads = torch.get_num_threads()
-    code, stdout = _cli([*_cli_args(data, out), "--seeds", "0", "--cycles", "1"])
+    code, stdout = run_cli([*_cli_args(data, out), "--seeds", "0", "--cycles", "1"])
     assert code == 0, stdout
 
     # stage 2 through the API: one more seed and one more cycle
@@ -180,7 +170,7 @@ def test_an_unchanged_call_trains_nothing(experiment: Experiment) -> None:
         "--cycles",
         "2",
     ]
-    code, stdout = _cli(args)
+    code, stdout = run_cli(args)
     assert code == 0
     assert "0 runs done now, 9 skipped" in stdout
     assert (experiment.out / "results.csv").read_bytes() == before

@@ -22,13 +22,10 @@ from dal.coco import load_coco
 from dal.errors import DatasetError
 from dal.link import Detection
 from dal.procedural import make_tiny
-from dal.trainer.labels import (
-    CVAT_JSON,
-    FORMATS,
-    GroundTruthOracle,
-    export_labels,
-    import_labels,
-)
+from dal.trainer.labels import CVAT_JSON, FORMATS
+from dal.trainer.labels.export import export_labels
+from dal.trainer.labels.importer import import_labels
+from dal.trainer.labels.oracle import GroundTruthOracle
 from dal.trainer.store import Label, SampleStore
 
 CLASSES = ("washer", "l_bracket")

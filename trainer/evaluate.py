@@ -1,7 +1,8 @@
 """Evaluate a detector: COCO AP@[0.5:0.95], AP50, AP75 (pycocotools), per class, as JSON.
 
 Works on a training checkpoint (.pt) or an exported model (.onnx, run through the same
-onnxruntime code as the agent). `--grid` draws predictions on a sheet of validation images.
+onnxruntime code as the agent). `--grid` draws ground truth beside predictions on a sheet of
+frames spread over the whole set.
 """
 
 from __future__ import annotations
@@ -11,17 +12,24 @@ import contextlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dal.coco import CocoDataset, load_coco, predictions_to_coco_results, read_image
+from dal.coco import (
+    CocoDataset,
+    ImageRecord,
+    load_coco,
+    predictions_to_coco_results,
+    read_image,
+)
 from dal.errors import DalError
 from dal.trainer.device import add_device_arguments
+from dal.trainer.grid import GRID_THRESHOLD, save_grid, spread_positions
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +37,15 @@ log = logging.getLogger(__name__)
 Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def coco_metrics(coco: CocoDataset, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """AP, AP50, AP75 and per-class AP of `results` against the dataset's boxes."""
+def coco_eval(
+    coco: CocoDataset, results: list[dict[str, Any]], configure: Callable[[Any], None] | None = None
+) -> Any:
+    """pycocotools' COCOeval of `results` on every image of the dataset, per image evaluated
+    (`evaluate()`) but not yet accumulated; `configure(params)` may narrow the parameters
+    first. One place builds the evaluation, so every AP in the project is the same AP."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    names = coco.categories
-    empty = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "per_class": {n: 0.0 for n in names.values()}}
-    if not coco.images:
-        raise DalError(f"{coco.json_path}: no images to evaluate on")
-    if not results:
-        return empty
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         gt = COCO()
         gt.dataset = coco.to_json()
@@ -47,7 +53,30 @@ def coco_metrics(coco: CocoDataset, results: list[dict[str, Any]]) -> dict[str, 
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
         ev.params.imgIds = [rec.id for rec in coco.images]
+        if configure is not None:
+            configure(ev.params)
         ev.evaluate()
+    return ev
+
+
+def mean_precision(precision: np.ndarray) -> float:
+    """AP from COCOeval's precision array at one area range and max-detections setting
+    ([iou thresholds, recall points, classes]): the mean over entries with ground truth, as
+    COCOeval.summarize takes it (0 where no class has any)."""
+    valid = precision[precision > -1]
+    return max(0.0, float(valid.mean())) if valid.size else 0.0
+
+
+def coco_metrics(coco: CocoDataset, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """AP, AP50, AP75 and per-class AP of `results` against the dataset's boxes."""
+    names = coco.categories
+    empty = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "per_class": {n: 0.0 for n in names.values()}}
+    if not coco.images:
+        raise DalError(f"{coco.json_path}: no images to evaluate on")
+    if not results:
+        return empty
+    ev = coco_eval(coco, results)
+    with contextlib.redirect_stdout(io.StringIO()):
         ev.accumulate()
         ev.summarize()
     # precision: [iou thresholds, recall points, classes, area ranges, max dets]; -1 = no GT
@@ -98,28 +127,56 @@ def label_map_by_name(coco: CocoDataset, class_names: list[str]) -> dict[int, in
     return {i + 1: by_name[name] for i, name in enumerate(class_names)}
 
 
-def evaluate(
+class Kept(NamedTuple):
+    """One image kept for a picture: its place in the dataset, record, pixels, prediction."""
+
+    position: int
+    record: ImageRecord
+    image: np.ndarray
+    prediction: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def predict_results(
     predict: Predictor,
     coco: CocoDataset,
     class_names: list[str] | None = None,
     progress: bool = True,
-    keep_images: int = 0,
-) -> tuple[dict[str, Any], list[tuple[np.ndarray, tuple]]]:
-    """Metrics over the dataset, plus the first `keep_images` images with their predictions.
+    keep: Collection[int] = (),
+) -> tuple[list[dict[str, Any]], list[Kept]]:
+    """COCO result dicts of the predictions on every image, plus the images at the positions
+    `keep` (for pictures).
 
     Model labels are matched to the dataset's categories by class name (`class_names`, label 1
     first); without names they are taken to follow the dataset's category order.
     """
     results: list[dict[str, Any]] = []
-    kept = []
+    kept: list[Kept] = []
     if class_names is None:
         label_to_category = coco.label_to_category
     else:
         label_to_category = label_map_by_name(coco, class_names)
-    for image_id, image, (boxes, labels, scores) in predict_dataset(predict, coco, progress):
-        results += predictions_to_coco_results(image_id, boxes, labels, scores, label_to_category)
-        if len(kept) < keep_images:
-            kept.append((image, (boxes, labels, scores)))
+    wanted = set(keep)
+    records = iter(coco.images)
+    for position, (image_id, image, prediction) in enumerate(
+        predict_dataset(predict, coco, progress)
+    ):
+        record = next(records)
+        results += predictions_to_coco_results(image_id, *prediction, label_to_category)
+        if position in wanted:
+            kept.append(Kept(position, record, image, prediction))
+    return results, kept
+
+
+def evaluate(
+    predict: Predictor,
+    coco: CocoDataset,
+    class_names: list[str] | None = None,
+    progress: bool = True,
+    keep: Collection[int] = (),
+) -> tuple[dict[str, Any], list[Kept]]:
+    """Metrics over the dataset, plus the images at the positions `keep` with their
+    predictions (see predict_results)."""
+    results, kept = predict_results(predict, coco, class_names, progress, keep)
     metrics = coco_metrics(coco, results)
     metrics["images"] = len(coco.images)
     metrics["detections"] = len(results)
@@ -152,23 +209,25 @@ def load_predictor(
     return torch_predictor(model, resolve_device(device)), list(ckpt.config.class_names)
 
 
-def save_grid(kept: list, class_names: list[str], path: Path, min_score: float = 0.3) -> None:
-    from dal.drawing import contact_sheet, draw_detections
-
-    tiles = []
-    for image, (boxes, labels, scores) in kept:
-        keep = scores >= min_score
-        tiles.append(draw_detections(image, boxes[keep], labels[keep], scores[keep], class_names))
-    contact_sheet(tiles, columns=4).save(path)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="checkpoint (.pt) or exported model (.onnx)")
     parser.add_argument("coco", type=Path, help="COCO JSON with the ground truth")
     parser.add_argument("--images", type=Path, help="image folder (default: the JSON's folder)")
     parser.add_argument("--out", type=Path, help="write the metrics JSON here")
-    parser.add_argument("--grid", type=Path, help="write a PNG/JPEG sheet of predictions here")
-    parser.add_argument("--grid-images", type=int, default=16, help="images on the sheet")
+    parser.add_argument(
+        "--grid",
+        type=Path,
+        help="write a PNG/JPEG sheet here: ground truth beside the predictions, per frame",
+    )
+    parser.add_argument(
+        "--grid-images", type=int, default=16, help="frames on the sheet, spread over the set"
+    )
+    parser.add_argument(
+        "--grid-threshold",
+        type=float,
+        default=GRID_THRESHOLD,
+        help="draw predictions scoring at least this",
+    )
     parser.add_argument("--score-threshold", type=float, help="override the model's threshold")
     add_device_arguments(parser, amp=False, scope="for .pt checkpoints")
 
@@ -176,8 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     coco = load_coco(args.coco, args.images)
     predict, class_names = load_predictor(args.model, args.score_threshold, args.device)
-    keep = args.grid_images if args.grid else 0
-    metrics, kept = evaluate(predict, coco, class_names, keep_images=keep)
+    keep = spread_positions(len(coco.images), args.grid_images) if args.grid else []
+    metrics, kept = evaluate(predict, coco, class_names, keep=keep)
     metrics["model"] = str(args.model)
     metrics["dataset"] = str(args.coco)
     text = json.dumps(metrics, indent=2)
@@ -187,6 +246,6 @@ def run(args: argparse.Namespace) -> int:
 
         atomic_write_text(args.out, text + "\n")
     if args.grid:
-        save_grid(kept, class_names, args.grid)
+        save_grid(kept, coco, class_names, args.grid, args.grid_threshold)
         print(f"prediction sheet: {args.grid}")
     return 0

@@ -3,22 +3,27 @@
 Eversberg & Lambrecht (2024), Table A1 and Figures 6 and 8, on any real COCO pool and validation
 split, with a synthetic set (`dal render`) for the base model M0:
 
-  R      random real images, fine-tuned from the backbone's ImageNet weights alone
+  R      without --initial: random real images, fine-tuned from the ImageNet backbone alone
+         (random only: an untrained head has nothing to score with)
+  R      with --initial N (standard real-only active learning): per seed a start model M(L0)
+         trained on N random real images L0, then every strategy queries k more
   S+R    M0 fine-tuned on k real images picked by random, margin, dbal or coreset
   cycles (optional) several cycles of a fixed k, re-scoring the pool with each new model
 
 The pool is scored like the edge agent does it (exported ONNX model: summed max-margin of every
-box, and the P2 feature); picked images get their ground-truth labels (the oracle). Random runs
-repeat over every --seeds value, the other strategies use the first seed (all of them with
---repeat-all). Each fine-tuning run
+box, or --score entropy / least_confidence, and the P2 feature); picked images get their
+ground-truth labels (the oracle). Random runs repeat over every --seeds value, the other
+strategies use the first seed (every seed with --repeat-all or --initial). Each fine-tuning run
 makes --epochs passes over the labelled set, at least --steps SGD steps (the labelled images
 repeat to fill them), so the budget grows with the labels; its final model is evaluated once on
-the validation split.
+the validation split, and its detections are kept for the bootstrap intervals.
 
 Writes to --out: results.csv (one row per run, wall time included), experiment.json (every
-setting, the plan, software versions), table.md (Table A1 layout), fig6_single_cycle.png and
-fig8_multi_cycle.png. Running the same command again skips the runs already in results.csv, so
-an interrupted experiment resumes and a longer --seeds/--k list only adds runs.
+setting, the plan, software versions), runs/*/detections.json, table.md (Table A1 layout, the
+paired differences to random with bootstrap intervals, label efficiency), fig6_single_cycle.png,
+fig8_multi_cycle.png and label_efficiency.png. Running the same command again skips the runs
+already in results.csv, so an interrupted experiment resumes and a longer --seeds/--k list only
+adds runs.
 
 example (YCB-Video frames imported with `dal import-ycb`, a render of the same object):
   dal experiment --real pool/annotations.json --val val/annotations.json \\
@@ -31,26 +36,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
-from dal.errors import ConfigError
+from dal.coco import load_coco
+from dal.errors import ConfigError, DalError
 from dal.fileio import atomic_write_text
 from dal.strategies import STRATEGIES
+from dal.trainer.bootstrap import RESAMPLES
 from dal.trainer.detector import ARCHITECTURES
 from dal.trainer.device import add_device_arguments, set_cpu_threads
-from dal.trainer.plots import figure6, figure8
-from dal.trainer.protocol import (
-    SETTINGS,
-    Chain,
-    Outcome,
-    Protocol,
-    ProtocolConfig,
-    check_fingerprint,
-    plan,
-    write_settings,
-)
-from dal.trainer.report import markdown_table, read_results, timing_summary
+from dal.trainer.efficiency import efficiency_cells
+from dal.trainer.evidence_report import evidence_sections
+from dal.trainer.paired import BUDGET_S
+from dal.trainer.plots import figure6, figure8, figure_efficiency
+from dal.trainer.protocol import Outcome, Protocol
+from dal.trainer.protocol_config import ProtocolConfig, check_fingerprint, write_settings
+from dal.trainer.protocol_plan import SETTINGS, Chain, plan, plan_notes
+from dal.trainer.report import blocks, markdown_table, start_models, timing_summary
+from dal.trainer.results import read_results
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     runs.add_argument("--k", nargs="+", type=int, default=[10, 25], help="query batch sizes")
     runs.add_argument(
-        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="random repeats over these"
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="random repeats over these (every strategy with --initial or --repeat-all)",
+    )
+    runs.add_argument(
+        "--initial",
+        type=int,
+        default=0,
+        metavar="N",
+        help="R starts from a model trained on N random real images per seed (L0) and runs "
+        "every strategy from it; 0: R from the backbone alone, random only",
     )
     runs.add_argument("--cycles", type=int, default=0, help="multi-cycle length (0: none)")
     runs.add_argument("--cycle-k", type=int, default=25, help="images per cycle")
@@ -86,6 +103,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument(
         "--report-only", action="store_true", help="only remake table and plots from results.csv"
     )
+    runs.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars for training and pool scoring (default: when stderr is a terminal)",
+    )
+
+    stats = parser.add_argument_group("statistics")
+    stats.add_argument(
+        "--bootstrap",
+        type=int,
+        default=RESAMPLES,
+        metavar="N",
+        help="resamples of the validation images for the intervals of the differences to "
+        "random (0: none)",
+    )
+    stats.add_argument(
+        "--bootstrap-budget",
+        type=float,
+        default=BUDGET_S,
+        metavar="S",
+        help="fewer resamples (not below 100) when they would take longer than this",
+    )
 
     model = parser.add_argument_group("model and training")
     model.add_argument("--arch", choices=ARCHITECTURES, default="mobilenet_v2_fpn")
@@ -93,7 +133,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone-weights", default="imagenet", help="'imagenet' (local file), 'none', a .pth"
     )
     model.add_argument("--input-size", default="640x360", help="model input WIDTHxHEIGHT")
-    model.add_argument("--base-epochs", type=int, default=10, help="epochs of M0 on synthetic")
+    model.add_argument(
+        "--base-epochs",
+        type=int,
+        default=10,
+        help="epochs of M0 on synthetic, and of R's start model on L0 (--initial)",
+    )
     model.add_argument("--steps", type=int, default=40, help="fewest SGD steps per fine-tuning run")
     model.add_argument(
         "--epochs",
@@ -134,6 +179,8 @@ def config_from_args(args: argparse.Namespace) -> ProtocolConfig:
         raise ConfigError("--steps, --epochs, --base-epochs and --batch-size must be at least 1")
     if args.synthetic and args.base:
         raise ConfigError("give --synthetic (train M0 here) or --base (use this M0), not both")
+    if args.initial < 0:
+        raise ConfigError("--initial must be 0 (R from the backbone) or a number of images")
     return ProtocolConfig(
         real=args.real,
         val=args.val,
@@ -159,6 +206,7 @@ def config_from_args(args: argparse.Namespace) -> ProtocolConfig:
         score_threshold=args.score_threshold,
         augment=not args.no_augment,
         base_seed=args.base_seed,
+        initial=args.initial,
         keep_checkpoints=args.keep_checkpoints,
     )
 
@@ -173,14 +221,20 @@ def chains_from_args(args: argparse.Namespace) -> list[Chain]:
         args.cycle_k,
         args.cycle_strategies,
         args.repeat_all,
+        args.initial,
     )
 
 
-def _subtitle(out: Path) -> str:
-    """Model, input size and fine-tuning length, from experiment.json when there is one."""
+def _recorded_config(out: Path) -> dict:
     try:
-        config = json.loads((out / "experiment.json").read_text(encoding="utf-8"))["config"]
+        return json.loads((out / "experiment.json").read_text(encoding="utf-8"))["config"]
     except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _subtitle(config: dict) -> str:
+    """Model, input size and fine-tuning length, from experiment.json when there is one."""
+    if not config:
         return ""
     return (
         f"{config.get('arch')}, input {config.get('input_size')}, "
@@ -189,24 +243,47 @@ def _subtitle(out: Path) -> str:
     )
 
 
-def write_report(out: Path) -> dict[str, Path]:
-    """table.md and the figures from results.csv; returns what was written."""
-    subtitle = _subtitle(out)
+def _validation(config: dict):
+    """The validation split the runs were evaluated on, or None when it cannot be read."""
+    try:
+        return load_coco(Path(config["val"]))
+    except (KeyError, OSError, DalError) as err:
+        log.warning("validation split not readable (%s): no bootstrap intervals", err)
+        return None
+
+
+def write_report(
+    out: Path, resamples: int = RESAMPLES, budget_s: float = BUDGET_S
+) -> dict[str, Path]:
+    """table.md and the figures from results.csv (and the runs' detections); returns what
+    was written."""
     if not (out / "results.csv").is_file():
         raise ConfigError(f"{out}: no results.csv yet", hint="run the experiment first")
+    config = _recorded_config(out)
+    subtitle = _subtitle(config)
     rows = read_results(out / "results.csv")
+    notes = start_models(rows, config)
+    evidence, _ = evidence_sections(rows, out, _validation(config), resamples, budget_s)
+    efficiency = ("Random labels for this AP", efficiency_cells(blocks(rows)))
     text = (
         "# dal experiment results\n\n"
         + (f"{subtitle}\n\n" if subtitle else "")
+        + "".join(f"- {line}\n" for line in notes)
+        + ("\n" if notes else "")
         + "AP@[0.5:0.95] on the validation split.\n\n"
-        + markdown_table(rows)
+        + markdown_table(rows, efficiency)
+        + evidence
         + "\n## Wall time\n\n"
-        + timing_summary(rows)
+        + timing_summary(rows, base_given=bool(config.get("base")))
     )
     written = {"table": atomic_write_text(out / "table.md", text)}
-    for name, draw in (("fig6", figure6), ("fig8", figure8)):
-        file_name = "fig6_single_cycle.png" if name == "fig6" else "fig8_multi_cycle.png"
-        path = draw(rows, out / file_name, subtitle)
+    figures = (
+        ("fig6", figure6, "fig6_single_cycle.png"),
+        ("fig8", figure8, "fig8_multi_cycle.png"),
+        ("efficiency", figure_efficiency, "label_efficiency.png"),
+    )
+    for name, draw, file_name in figures:
+        path = draw(rows, out / file_name, subtitle, notes)
         if path is not None:
             written[name] = path
     return written
@@ -230,13 +307,16 @@ def run(args: argparse.Namespace) -> int:
     set_cpu_threads(args.threads)
     if not args.report_only:
         config = config_from_args(args)
+        for note in plan_notes(args.settings, args.strategies, args.cycles, args.initial):
+            print(f"[experiment] note: {note}", flush=True)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
         started = time.perf_counter()
-        outcome = run_experiment(config, chains_from_args(args))
+        outcome = run_experiment(config, chains_from_args(args), progress)
         print(
             f"[experiment] {outcome.trained} runs done now, {outcome.skipped} skipped "
             f"(already in results.csv), {time.perf_counter() - started:.0f} s"
         )
-    written = write_report(Path(args.out))
+    written = write_report(Path(args.out), args.bootstrap, args.bootstrap_budget)
     print(written["table"].read_text(encoding="utf-8"))
     for name, path in written.items():
         print(f"{name}: {path}")

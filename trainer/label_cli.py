@@ -25,7 +25,9 @@ from pathlib import Path
 from dal.trainer.cli import add_config_argument
 from dal.trainer.config import load_trainer_config
 from dal.trainer.jobs import JobContext
-from dal.trainer.labels import DEFAULT_URL_PREFIX, FORMATS, IMAGE_MODES, WHICH
+from dal.trainer.labels import FORMATS
+from dal.trainer.labels.documents import DEFAULT_URL_PREFIX
+from dal.trainer.labels.export import IMAGE_MODES, WHICH
 from dal.trainer.store import Sample
 
 
@@ -109,7 +111,8 @@ def _sheet(samples: list[Sample], class_names: tuple[str, ...], path: Path) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    from dal.trainer.labels import export_labels, import_labels
+    from dal.trainer.labels.export import export_labels
+    from dal.trainer.labels.importer import import_labels
 
     config = load_trainer_config(args.config)
     with JobContext.open(config) as ctx:

@@ -7,14 +7,18 @@ AP@[0.5:0.95] on the validation split, `export_onnx` + the agent's `Detector` sc
 
 - Pool U: the real training split. Validation: a separate split (other scenes).
 - S+R: start from the synthetic base model M0 (trained here on the synthetic set, or given).
-  R: start from the backbone alone (ImageNet weights) and random picks only; a backbone with an
-  untrained head has nothing to score with.
+- R with --initial N (the standard real-only protocol): per seed, start from M(L0), a model
+  trained from the backbone on N random pool images L0 (start_models.py); every strategy
+  queries from the rest of the pool with L = L0.
+- R without --initial: start from the backbone alone (ImageNet weights) and random picks only;
+  a backbone with an untrained head has nothing to score with.
 - single: one cycle; the pool is scored once by the starting model, k images are picked,
-  labelled and the starting model is fine-tuned on them.
+  labelled and the starting model is fine-tuned on them (plus L0 for R with --initial).
 - multi: `cycles` cycles of a fixed k; each cycle re-scores the pool with the latest model,
   adds k new images to the labelled set L and fine-tunes the latest model on all of L.
-- random is repeated over every seed; the other strategies run with the first seed only.
-  Random picks ignore scores, so the same seed picks the same images for R and S+R.
+- Seeds: a chain's seed is its training seed (weights' init of new layers, data order,
+  augmentation) and its query seed (random's draw, DBAL's k-means seeding; cycle c uses
+  seed + 7919·(c-1)); with --initial it also draws L0.
 - A fine-tuning run's budget grows with the labelled set L: `epochs` passes over L, and at
   least `steps` SGD steps (batch `batch_size`; the labelled images repeat to fill them), so a
   larger k is not trained less per image. The final model is evaluated once: the validation
@@ -23,163 +27,29 @@ AP@[0.5:0.95] on the validation split, `export_onnx` + the agent's `Detector` sc
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from dal.coco import CocoDataset, load_coco, read_image, write_coco
+from dal.coco import load_coco
 from dal.errors import ConfigError, DalError
-from dal.fileio import atomic_write_json
-from dal.scoring import image_score
 from dal.strategies import Candidates, select
-from dal.trainer.report import BASE_MODE, BASE_SETTING, BASE_STRATEGY, ResultsFile
+from dal.trainer.plan_clock import BASE, RUN, START, PlanClock
+from dal.trainer.pool_scorer import PoolScorer
+from dal.trainer.protocol_config import ProtocolConfig
+from dal.trainer.protocol_plan import RANDOM, Chain
+from dal.trainer.protocol_steps import RunTimes, Steps, fine_tune_steps, result_row
+from dal.trainer.results import ResultsFile
+from dal.trainer.start_models import StartModels, check_initial
 
 log = logging.getLogger(__name__)
 
-SETTINGS = ("R", "S+R")
-MODES = ("single", "multi")
-RANDOM = "random"
-# Each cycle's random picks use another stream of the same seed.
+# Each cycle's picks use another stream of the same seed.
 _CYCLE_SEED_STRIDE = 7919
-
-
-@dataclass(frozen=True)
-class Chain:
-    """Runs that share one labelled set: one cycle ('single') or several ('multi')."""
-
-    setting: str
-    mode: str
-    strategy: str
-    k: int
-    seed: int
-    cycles: int = 1
-
-    def key(self, cycle: int) -> tuple[str, str, str, int, int, int]:
-        return (self.setting, self.mode, self.strategy, self.k, self.seed, cycle)
-
-    @property
-    def name(self) -> str:
-        setting = self.setting.replace("+", "")
-        return f"{setting}-{self.mode}-{self.strategy}-k{self.k}-s{self.seed}"
-
-    def describe(self, cycle: int) -> str:
-        text = f"{self.setting} {self.strategy} k={self.k} seed {self.seed}"
-        return text + (f" cycle {cycle}/{self.cycles}" if self.mode == "multi" else "")
-
-
-def plan(
-    settings: list[str],
-    strategies: list[str],
-    ks: list[int],
-    seeds: list[int],
-    cycles: int = 0,
-    cycle_k: int = 0,
-    cycle_strategies: list[str] | None = None,
-    repeat_all: bool = False,
-) -> list[Chain]:
-    """Every chain to run, in order: single-cycle runs by k, then multi-cycle chains.
-
-    `repeat_all` runs the deterministic strategies over every seed too: their picks barely
-    change (dbal's k-means seeding does), the training noise is what gets measured."""
-    if not seeds:
-        raise ConfigError("--seeds: give at least one seed")
-    if any(k < 1 for k in ks) or (cycles and cycle_k < 1):
-        raise ConfigError("--k and --cycle-k values must be at least 1")
-    unknown = [s for s in settings if s not in SETTINGS]
-    if unknown:
-        raise ConfigError(f"--settings {unknown}: choose from {', '.join(SETTINGS)}")
-
-    def seeds_for(strategy: str) -> list[int]:
-        return seeds if strategy == RANDOM or repeat_all else seeds[:1]
-
-    chains = []
-    for k in ks:
-        for setting in settings:
-            for strategy in strategies:
-                if setting == "R" and strategy != RANDOM:
-                    continue
-                chains += [Chain(setting, "single", strategy, k, s) for s in seeds_for(strategy)]
-    if cycles and "S+R" in settings:
-        for strategy in cycle_strategies or ["dbal"]:
-            chains += [
-                Chain("S+R", "multi", strategy, cycle_k, s, cycles) for s in seeds_for(strategy)
-            ]
-    return chains
-
-
-@dataclass(frozen=True)
-class ProtocolConfig:
-    """What defines the results; everything here goes into experiment.json."""
-
-    real: Path
-    val: Path
-    out: Path
-    synthetic: Path | None = None
-    base: Path | None = None
-    arch: str = "mobilenet_v2_fpn"
-    backbone_weights: str = "imagenet"
-    input_size: str = "640x360"
-    base_epochs: int = 10
-    steps: int = 40
-    epochs: int = 15
-    batch_size: int = 4
-    lr: float | None = None
-    base_lr: float | None = None
-    beta: float = 2.0
-    score_method: str = "margin"
-    aggregate: str = "sum"
-    allow_labelled: bool = False
-    proposals: int = 300
-    score_threshold: float = 0.05
-    augment: bool = True
-    base_seed: int = 0
-    keep_checkpoints: bool = False
-    device: str = "auto"
-    amp: bool | None = None
-
-    # fields that do not change any number in results.csv (beyond floating-point noise)
-    NOT_RESULTS = ("out", "keep_checkpoints", "device", "amp")
-
-    def fingerprint(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name in self.NOT_RESULTS:
-            data.pop(name)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
-
-
-def check_fingerprint(path: Path, config: ProtocolConfig) -> None:
-    """Refuse to mix runs made with other settings into one results.csv."""
-    if not path.exists():
-        return
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("config", {})
-    except (OSError, ValueError, AttributeError) as err:
-        raise ConfigError(
-            f"{path}: cannot read the recorded settings ({err})",
-            hint="restore the file, or use another --out",
-        ) from None
-    now = config.fingerprint()
-    changed = sorted(k for k in now if recorded.get(k) != now[k])
-    if changed:
-        detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ConfigError(
-            f"{path}: this experiment folder was run with other settings ({detail})",
-            hint="use another --out for new settings, or restore them to resume",
-        )
-
-
-@dataclass
-class RunTimes:
-    select_s: float = 0.0
-    train_s: float = 0.0
-    eval_s: float = 0.0
 
 
 @dataclass
@@ -191,35 +61,6 @@ class Outcome:
     rows: list[dict] = field(default_factory=list)
 
 
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    """As train()'s DataLoader counts them (drop_last once the set exceeds one batch)."""
-    return n_images // batch_size if n_images > batch_size else 1
-
-
-def fine_tune_steps(labelled: int, batch_size: int, epochs: int, min_steps: int) -> int:
-    """`epochs` passes over the labelled set, at least `min_steps`: grows with L."""
-    return max(min_steps, epochs * -(-labelled // batch_size))
-
-
-def repeated_subset(pool: CocoDataset, ids: list[int], samples: int) -> dict[str, Any]:
-    """COCO dict of the images `ids`, repeated in turn up to `samples` entries.
-
-    Copies get fresh image ids (the original stays in `source_id`) and point at the same file,
-    so one epoch over the result is `samples` draws from the labelled set.
-    """
-    doc = pool.subset(ids).to_json()
-    by_image: dict[int, list[dict]] = {}
-    for ann in doc["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    images, annotations = [], []
-    for n in range(max(samples, len(ids))):
-        src = doc["images"][n % len(ids)]
-        images.append({**src, "id": n + 1, "source_id": src["id"]})
-        for ann in by_image.get(src["id"], []):
-            annotations.append({**ann, "id": len(annotations) + 1, "image_id": n + 1})
-    return {"images": images, "annotations": annotations, "categories": doc["categories"]}
-
-
 class Protocol:
     """Runs chains against one results.csv; finished runs are skipped."""
 
@@ -228,19 +69,16 @@ class Protocol:
     ) -> None:
         self.config = config
         self.say = say
-        self.progress = progress
         self.out = Path(config.out)
         self.real = load_coco(config.real)
         self.val = load_coco(config.val)
         self._check_classes()
+        check_initial(config.initial, self.real)
         self.results = ResultsFile(self.out / "results.csv")
-        self._scored: dict[Path, Candidates] = {}
-        self._base: Path | None = None
-        self._walls: list[float] = []
-        self._done = 0
-        self._total = 0
-
-    # ------------------------------------------------------------------ set-up
+        self.steps = Steps(config, self.real, self.val, progress)
+        self.scorer = PoolScorer(self.real, config.score_method, config.aggregate, progress)
+        self.clock = PlanClock()
+        self.starts = StartModels(self.steps, self.results, self.scorer, self.clock, say)
 
     def _check_classes(self) -> None:
         real, val = self.real.class_names, self.val.class_names
@@ -253,121 +91,13 @@ class Protocol:
         if not self.real.images:
             raise ConfigError(f"{self.config.real}: the pool has no images")
 
-    def _check_same_classes(self, classes: list[str], source: Path) -> None:
-        if classes != self.real.class_names:
-            raise ConfigError(
-                f"{source}: classes {classes} differ from the pool's {self.real.class_names}",
-                hint="render the synthetic set with the pool's class names (--model PATH:CLASS)",
-            )
-
-    def _train(self, **overrides: Any):
-        from dal.trainer.train import TrainSettings, train
-
-        c = self.config
-        settings = TrainSettings(
-            **{
-                "arch": c.arch,
-                "backbone_weights": c.backbone_weights,
-                "input_size": c.input_size,
-                "batch_size": c.batch_size,
-                "augment": c.augment,
-                "proposals": c.proposals,
-                "score_threshold": c.score_threshold,
-                "progress": self.progress,
-                "device": c.device,
-                "amp": c.amp,
-                **overrides,
-            }
-        )
-        return train(settings)
-
-    def _evaluate(self, checkpoint: Path) -> dict[str, Any]:
-        from dal.trainer.checkpoint import load_checkpoint
-        from dal.trainer.evaluate import evaluate, torch_predictor
-
-        ckpt = load_checkpoint(checkpoint)
-        predictor = torch_predictor(ckpt.build())
-        metrics, _ = evaluate(predictor, self.val, list(ckpt.config.class_names), progress=False)
-        return metrics
-
-    def base_checkpoint(self) -> Path:
-        """M0: the given checkpoint, or one trained on the synthetic set (once; kept)."""
-        if self._base is not None:
-            return self._base
-        c = self.config
-        key = (BASE_SETTING, BASE_MODE, BASE_STRATEGY, 0, c.base_seed, 0)
-        path = c.base if c.base is not None else self.out / "base" / "best.pt"
-        if self.results.done(key) and path.is_file():
-            self._base = path
-            return path
-        started = time.perf_counter()
-        train_s = 0.0
-        if c.base is None:
-            if c.synthetic is None:
-                raise ConfigError(
-                    "S+R runs need a synthetic base model",
-                    hint="pass --synthetic COCO (rendered with `dal render`) or --base CKPT",
-                )
-            self._check_same_classes(load_coco(c.synthetic).class_names, c.synthetic)
-            self.say(f"training the base model M0 on {c.synthetic} ({c.base_epochs} epochs)")
-            self._train(
-                train=c.synthetic,
-                out=self.out / "base",
-                epochs=c.base_epochs,
-                lr=c.base_lr,
-                seed=c.base_seed,
-            )
-            (self.out / "base" / "last.pt").unlink(missing_ok=True)
-            train_s = time.perf_counter() - started
-        from dal.trainer.checkpoint import load_checkpoint
-
-        self._check_same_classes(list(load_checkpoint(path).config.class_names), path)
-        metrics = self._evaluate(path)
-        wall = time.perf_counter() - started
-        self.results.add(_row(key, 0, metrics, RunTimes(0.0, train_s, wall - train_s), wall, 0, []))
-        self.say(f"base model M0: AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f}")
-        self._base = path
-        return path
-
     # ------------------------------------------------------------------ one cycle
 
     def _candidates(self, model: Path | None, strategy: str) -> Candidates:
         """The whole pool as candidates; random gets no scores (its picks ignore them)."""
-        ids = [str(rec.id) for rec in self.real.images]
         if strategy == RANDOM or model is None:
-            return Candidates(ids, np.zeros(len(ids)), np.zeros((len(ids), 1)))
-        if model not in self._scored:
-            self._scored[model] = self._score(model)
-        return self._scored[model]
-
-    def _score(self, checkpoint: Path) -> Candidates:
-        """Score every pool image the way the agent does: exported ONNX, letterboxed input."""
-        from dal.agent.detector import Detector
-        from dal.trainer.export import export_onnx
-
-        c = self.config
-        onnx_path = export_onnx(checkpoint, checkpoint.with_suffix(".onnx"))
-        import torch
-
-        # onnxruntime gets as many threads as torch was given (--threads): on a shared CPU
-        # more threads than free cores spin-wait and run several times slower
-        detector = Detector(
-            onnx_path,
-            providers=("CPUExecutionProvider",),
-            warmup=False,
-            threads=torch.get_num_threads(),
-        )
-        try:
-            scores, features = [], []
-            for rec in self.real.images:
-                det = detector.detect(read_image(self.real.image_path(rec)))
-                scores.append(image_score(det.probs, c.score_method, c.aggregate))
-                features.append(det.feature)
-        finally:
-            detector.close()
-        onnx_path.unlink(missing_ok=True)
-        ids = [str(rec.id) for rec in self.real.images]
-        return Candidates(ids, np.asarray(scores), np.stack(features))
+            return self.scorer.unscored()
+        return self.scorer.scored(model)
 
     def _pick(self, chain: Chain, model: Path | None, labelled: list[int], cycle: int) -> list[int]:
         pool = self._candidates(model, chain.strategy)
@@ -390,43 +120,72 @@ class Protocol:
         )
         return [int(i) for i in picked]
 
-    def _fine_tune(
-        self, chain: Chain, cycle: int, init: Path | None, labelled: list[int]
-    ) -> tuple[Path, int]:
+    def _run_dir(self, chain: Chain, cycle: int) -> Path:
+        return self.out / "runs" / chain.name / f"c{cycle}"
+
+    def _run_cycle(
+        self,
+        chain: Chain,
+        cycle: int,
+        model: Path | None,
+        labelled: list[int],
+        outcome: Outcome,
+    ) -> Path:
         c = self.config
-        run_dir = self.out / "runs" / chain.name / f"c{cycle}"
+        started = time.perf_counter()
+        times = RunTimes()
+        picked = self._pick(chain, model, labelled, cycle)
+        labelled += picked
+        times.select_s = time.perf_counter() - started
+        run_dir = self._run_dir(chain, cycle)
         steps = fine_tune_steps(len(labelled), c.batch_size, c.epochs, c.steps)
-        samples = steps * c.batch_size
-        train_json = write_coco(
-            repeated_subset(self.real, labelled, samples), run_dir / "labelled.json"
+        extra = {"chain": chain.name, "cycle": cycle}
+        checkpoint, steps = self.steps.train_on(
+            run_dir, model, labelled, steps, chain.seed, c.lr, extra
         )
-        result = self._train(
-            train=train_json,
-            train_images=self.real.image_root,
-            out=run_dir,
-            init=init,
-            epochs=1,
-            lr=c.lr,
-            seed=chain.seed,
-            warmup_steps=max(1, steps // 4),
-            extra_summary={"experiment": {"chain": chain.name, "cycle": cycle}},
+        times.train_s = time.perf_counter() - started - times.select_s
+        metrics, detections = self.steps.evaluate(checkpoint, run_dir)
+        wall = time.perf_counter() - started
+        times.eval_s = wall - times.train_s - times.select_s
+        row = result_row(
+            chain.key(cycle), len(labelled), metrics, times, wall, steps, picked, detections
         )
-        (run_dir / "last.pt").unlink(missing_ok=True)  # optimizer state: not needed again
-        return result.best_path, steps_per_epoch(max(samples, len(labelled)), c.batch_size)
+        self.results.add(row)
+        outcome.trained += 1
+        outcome.rows.append(row)
+        self.clock.finish(RUN, wall)
+        done, eta = self.clock.parts()
+        self.say(
+            f"{done} {chain.describe(cycle)}: {len(labelled)} labelled, "
+            f"AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} "
+            f"({wall:.0f} s: select {times.select_s:.0f}, train {times.train_s:.0f}, "
+            f"eval {times.eval_s:.0f}){eta}"
+        )
+        return checkpoint
 
     # ------------------------------------------------------------------ chains
 
+    def _from_start(self, chain: Chain) -> bool:
+        return chain.setting == "R" and self.config.initial > 0
+
     def _resume_point(self, chain: Chain) -> tuple[int, list[int], Path | None]:
         """First cycle to run, labelled ids so far and the model to continue from."""
-        labelled: list[int] = []
+        labelled = self.starts.initial_set(chain.seed) if self._from_start(chain) else []
         model: Path | None = None
         for cycle in range(1, chain.cycles + 1):
             row = self.results.done(chain.key(cycle))
             if row is None:
                 return cycle, labelled, model
             labelled += [int(i) for i in str(row["picked"]).split(";") if i]
-            model = self.out / "runs" / chain.name / f"c{cycle}" / "best.pt"
+            model = self._run_dir(chain, cycle) / "best.pt"
         return chain.cycles + 1, labelled, model
+
+    def _start_model(self, chain: Chain) -> Path | None:
+        if chain.setting == "S+R":
+            return self.starts.base()
+        if self._from_start(chain):
+            return self.starts.start(chain.seed)[0]
+        return None
 
     def run_chain(self, chain: Chain, outcome: Outcome) -> None:
         first, labelled, model = self._resume_point(chain)
@@ -434,7 +193,7 @@ class Protocol:
         if first > chain.cycles:
             return
         if model is None:
-            model = self.base_checkpoint() if chain.setting == "S+R" else None
+            model = self._start_model(chain)
         elif not model.is_file():
             raise DalError(
                 f"{model}: checkpoint of a finished cycle of {chain.name} is missing, so its "
@@ -450,111 +209,30 @@ class Protocol:
         if chain.mode == "single" and not self.config.keep_checkpoints and model is not None:
             model.unlink(missing_ok=True)
 
-    def _run_cycle(
-        self,
-        chain: Chain,
-        cycle: int,
-        model: Path | None,
-        labelled: list[int],
-        outcome: Outcome,
-    ) -> Path:
-        started = time.perf_counter()
-        times = RunTimes()
-        picked = self._pick(chain, model, labelled, cycle)
-        labelled += picked
-        times.select_s = time.perf_counter() - started
-        checkpoint, steps = self._fine_tune(chain, cycle, model, labelled)
-        times.train_s = time.perf_counter() - started - times.select_s
-        metrics = self._evaluate(checkpoint)
-        wall = time.perf_counter() - started
-        times.eval_s = wall - times.train_s - times.select_s
-        row = _row(chain.key(cycle), len(labelled), metrics, times, wall, steps, picked)
-        self.results.add(row)
-        outcome.trained += 1
-        outcome.rows.append(row)
-        self._walls.append(wall)
-        self._done += 1
-        left = (self._total - self._done) * sum(self._walls) / len(self._walls)
-        self.say(
-            f"[{self._done}/{self._total}] {chain.describe(cycle)}: {len(labelled)} labelled, "
-            f"AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} "
-            f"({wall:.0f} s: select {times.select_s:.0f}, train {times.train_s:.0f}, "
-            f"eval {times.eval_s:.0f}); about {left / 60:.0f} min left"
-        )
-        return checkpoint
+    def _plan_clock(self, chains: list[Chain]) -> int:
+        """Count the plan (start models included) on the clock; returns the runs pending."""
+        keys = [ch.key(t) for ch in chains for t in range(1, ch.cycles + 1)]
+        pending = sum(1 for key in keys if not self.results.done(key))
+        self.clock.plan(RUN, len(keys), len(keys) - pending)
+        if any(ch.setting == "S+R" for ch in chains):
+            self.clock.plan(BASE, 1, 1 if self.results.done(self.starts.base_key()) else 0)
+        seeds = sorted({ch.seed for ch in chains if self._from_start(ch)})
+        started = sum(1 for s in seeds if self.results.done(self.starts.start_key(s)))
+        self.clock.plan(START, len(seeds), started)
+        return pending
 
     def run(self, chains: list[Chain]) -> Outcome:
         outcome = Outcome()
-        self._total = sum(ch.cycles for ch in chains)
-        pending = sum(
-            1 for ch in chains for t in range(1, ch.cycles + 1) if not self.results.done(ch.key(t))
+        pending = self._plan_clock(chains)
+        starts = self.clock.planned[START]
+        self.say(
+            f"{self.clock.total} runs planned ({self.clock.planned[RUN]} query runs"
+            + (f", {starts} R start models" if starts else "")
+            + (", the base model M0" if self.clock.planned[BASE] else "")
+            + f"), {self.clock.done} already in results.csv"
         )
-        self._done = self._total - pending
-        self.say(f"{self._total} runs planned, {self._done} already in results.csv")
         if any(ch.setting == "S+R" for ch in chains) and pending:
-            self.base_checkpoint()
+            self.starts.base()
         for chain in chains:
             self.run_chain(chain, outcome)
         return outcome
-
-
-def _row(
-    key: tuple[str, str, str, int, int, int],
-    labelled: int,
-    metrics: dict[str, Any],
-    times: RunTimes,
-    wall: float,
-    steps: int,
-    picked: list[int],
-) -> dict[str, Any]:
-    setting, mode, strategy, k, seed, cycle = key
-    return {
-        "setting": setting,
-        "mode": mode,
-        "strategy": strategy,
-        "k": k,
-        "seed": seed,
-        "cycle": cycle,
-        "labelled": labelled,
-        "AP": metrics["AP"],
-        "AP50": metrics["AP50"],
-        "AP75": metrics["AP75"],
-        "wall_s": round(wall, 2),
-        "select_s": round(times.select_s, 2),
-        "train_s": round(times.train_s, 2),
-        "eval_s": round(times.eval_s, 2),
-        "steps": steps,
-        "picked": ";".join(str(i) for i in picked),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def write_settings(path: Path, config: ProtocolConfig, chains: list[Chain]) -> None:
-    """experiment.json: the settings, the plan and the software that produced results.csv."""
-    import platform
-
-    import torch
-    import torchvision
-
-    atomic_write_json(
-        path,
-        {
-            "config": config.fingerprint(),
-            "out": str(config.out),
-            "plan": [asdict(ch) for ch in chains],
-            "software": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
-                "threads": torch.get_num_threads(),
-            },
-            "machine": {"processor": platform.processor(), "cpus": _cpus()},
-            "written": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-    )
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

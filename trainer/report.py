@@ -1,124 +1,22 @@
-"""Experiment results: the CSV every run appends to, and the paper's Table A1 made from it.
+"""The paper's Table A1 and the wall-time table, made from results.csv rows.
 
-One row per finished run. The key columns (setting, mode, strategy, k, seed, cycle) name a run;
-a row that exists means the run is done, which is what makes `dal experiment` resumable. The
-file is rewritten atomically after every run, so a crash leaves the previous complete file.
-
-Rows of the synthetic base model M0 use setting "S", mode "base", k 0, cycle 0: the 0-image
-line of every S+R block, as in the paper.
+Rows group into blocks (setting, mode, strategy): a line per number of labelled real images,
+AP per seed, mean ± std over seeds. Every block starts with the line of the model its queries
+start from: M0 for S+R (0 real images), M(L0) for R with --initial (N real images, per seed).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
-from dal.errors import DatasetError
-from dal.fileio import atomic_write_text
-
-KEY_COLUMNS = ("setting", "mode", "strategy", "k", "seed", "cycle")
-COLUMNS = (
-    *KEY_COLUMNS,
-    "labelled",
-    "AP",
-    "AP50",
-    "AP75",
-    "wall_s",
-    "select_s",
-    "train_s",
-    "eval_s",
-    "steps",
-    "picked",
-    "finished",
+from dal.trainer.results import (
+    BASE_MODE,
+    START_MODE,
+    START_MODES,
+    STRATEGY_TITLES,
 )
-_INT_COLUMNS = ("k", "seed", "cycle", "labelled", "steps")
-_FLOAT_COLUMNS = ("AP", "AP50", "AP75", "wall_s", "select_s", "train_s", "eval_s")
-
-BASE_SETTING, BASE_MODE, BASE_STRATEGY = "S", "base", "synthetic"
-STRATEGY_TITLES = {
-    "random": "Random",
-    "margin": "Max. Margin",
-    "dbal": "DBAL (β=2)",
-    "coreset": "Core-set",
-}
-
-Key = tuple[str, str, str, int, int, int]
-
-
-def row_key(row: dict) -> Key:
-    return (
-        str(row["setting"]),
-        str(row["mode"]),
-        str(row["strategy"]),
-        int(row["k"]),
-        int(row["seed"]),
-        int(row["cycle"]),
-    )
-
-
-def _typed(raw: dict[str, str], path: Path, line: int) -> dict:
-    row: dict = dict(raw)
-    try:
-        for name in _INT_COLUMNS:
-            row[name] = int(raw[name])
-        for name in _FLOAT_COLUMNS:
-            row[name] = float(raw[name]) if raw.get(name, "") != "" else math.nan
-    except (KeyError, TypeError, ValueError) as err:
-        raise DatasetError(
-            f"{path}:{line}: malformed results row ({err})",
-            hint="fix or delete that line; the run is then done again",
-        ) from None
-    return row
-
-
-class ResultsFile:
-    """results.csv: read once, appended to (rewritten atomically) after every run."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: dict[Key, dict] = {}
-        if path.exists():
-            for row in read_results(path):
-                self.rows[row_key(row)] = row
-
-    def done(self, key: Key) -> dict | None:
-        return self.rows.get(key)
-
-    def add(self, row: dict) -> None:
-        self.rows[row_key(row)] = row
-        atomic_write_text(self.path, to_csv(self.rows.values()))
-
-
-def read_results(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in KEY_COLUMNS if c not in (reader.fieldnames or ())]
-    if missing:
-        raise DatasetError(
-            f"{path}: columns {missing} missing from the header",
-            hint="this is not a dal experiment results.csv; use another --out",
-        )
-    return [_typed(raw, path, n) for n, raw in enumerate(reader, start=2)]
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
-
-
-def to_csv(rows: Iterable[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in sorted(rows, key=row_key):
-        writer.writerow({c: _cell(row.get(c, "")) for c in COLUMNS})
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -148,21 +46,32 @@ class Block:
     strategy: str
     k: int  # per-cycle k of a multi-cycle block; 0 for single-cycle blocks
     points: list[Point]
+    start: int = 0  # labelled images of the model the block starts from (R: N of --initial)
 
     @property
     def title(self) -> str:
         name = STRATEGY_TITLES.get(self.strategy, self.strategy)
         if self.mode == "multi":
-            cycles = max((p.labelled for p in self.points), default=0) // max(1, self.k)
+            top = max((p.labelled for p in self.points), default=0)
+            cycles = (top - self.start) // max(1, self.k)
             return f"{self.setting} {name}: {cycles} cycles of k={self.k}"
         return f"{self.setting} {name}"
 
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.setting, self.mode, self.strategy, self.k)
 
-def _base_point(rows: list[dict]) -> Point | None:
-    base = [r for r in rows if r["mode"] == BASE_MODE]
-    if not base:
+
+def _start_point(rows: list[dict], mode: str) -> Point | None:
+    """The line of the start model(s) of this mode (base: M0; start: M(L0) per seed)."""
+    start = [r for r in rows if r["mode"] == mode]
+    if not start:
         return None
-    return Point(0, {r["seed"]: r["AP"] for r in base}, statistics.fmean(r["AP50"] for r in base))
+    return Point(
+        start[0]["labelled"],
+        {r["seed"]: r["AP"] for r in start},
+        statistics.fmean(r["AP50"] for r in start),
+    )
 
 
 def _points(rows: list[dict]) -> list[Point]:
@@ -177,10 +86,10 @@ def _points(rows: list[dict]) -> list[Point]:
 
 def blocks(rows: list[dict]) -> list[Block]:
     """Rows grouped as the paper's table: R blocks, then S+R single, then multi-cycle."""
-    base = _base_point(rows)
+    starts = {"S+R": _start_point(rows, BASE_MODE), "R": _start_point(rows, START_MODE)}
     groups: dict[tuple[str, str, str, int], list[dict]] = {}
     for row in rows:
-        if row["mode"] == BASE_MODE:
+        if row["mode"] in START_MODES:
             continue
         k = row["k"] if row["mode"] == "multi" else 0
         groups.setdefault((row["setting"], row["mode"], row["strategy"], k), []).append(row)
@@ -194,9 +103,10 @@ def blocks(rows: list[dict]) -> list[Block]:
     out = []
     for (setting, mode, strategy, k), group in sorted(groups.items(), key=rank):
         points = _points(group)
-        if setting == "S+R" and base is not None:
-            points = [base, *points]
-        out.append(Block(setting, mode, strategy, k, points))
+        start = starts.get(setting)
+        if start is not None:
+            points = [start, *points]
+        out.append(Block(setting, mode, strategy, k, points, start.labelled if start else 0))
     return out
 
 
@@ -204,10 +114,13 @@ def _fmt(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-def markdown_table(rows: list[dict]) -> str:
+Cells = dict[tuple[tuple[str, str, str, int], int], str]
+
+
+def markdown_table(rows: list[dict], extra: tuple[str, Cells] | None = None) -> str:
     """Table A1's layout: a block per strategy, a line per number of real training images,
     one AP column per seed (filled for blocks that ran several), then the mean (± std over
-    seeds) and AP50."""
+    seeds) and AP50; `extra` adds a column (title, cells by block key and labelled count)."""
     seeds = sorted({r["seed"] for r in rows if r["mode"] != BASE_MODE})
     head = [
         "Strategy",
@@ -216,6 +129,7 @@ def markdown_table(rows: list[dict]) -> str:
         "AP (mean)",
         "± std",
         "AP50 (mean)",
+        *([extra[0]] if extra else []),
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for block in blocks(rows):
@@ -232,27 +146,70 @@ def markdown_table(rows: list[dict]) -> str:
                 _fmt(point.mean),
                 spread,
                 _fmt(point.ap50),
+                *([extra[1].get((block.key, point.labelled), "")] if extra else []),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _group_name(row: dict) -> str:
+def start_models(rows: list[dict], config: dict) -> list[str]:
+    """One sentence per setting on the model its queries start from (for tables and plots).
+
+    `config` is experiment.json's "config"; a given --base is a given checkpoint, never
+    called synthetic."""
+    lines = []
+    settings = {r["setting"] for r in rows}
+    base = [r for r in rows if r["mode"] == BASE_MODE]
+    if base:
+        ap = statistics.fmean(r["AP"] for r in base)
+        if config.get("base"):
+            what = f"the given checkpoint {config['base']}"
+        else:
+            source = config.get("synthetic") or "the synthetic set"
+            what = f"trained on synthetic images only ({source}, {config.get('base_epochs')} "
+            what += "epochs, from the backbone)"
+        lines.append(f"S+R start model M0: {what}; AP {ap:.3f}.")
+    start = sorted((r for r in rows if r["mode"] == START_MODE), key=lambda r: r["seed"])
+    if start:
+        per_seed = ", ".join(f"seed {r['seed']}: AP {r['AP']:.3f}" for r in start)
+        lines.append(
+            f"R start model M(L0), one per seed: trained from the backbone on "
+            f"{start[0]['labelled']} random real labels L0 drawn with that seed (the same L0 for "
+            f"every strategy of the seed); {per_seed}."
+        )
+    elif "R" in settings:
+        lines.append(
+            "R start: the ImageNet backbone alone (no detection layers trained, random picks "
+            "only; --initial N starts R from N random real labels)."
+        )
+    return lines
+
+
+def _group_name(row: dict, base_given: bool) -> str:
     if row["mode"] == BASE_MODE:
-        return "S base model M0 (synthetic only)"
+        return f"S base model M0 ({'given checkpoint' if base_given else 'synthetic only'})"
+    if row["mode"] == START_MODE:
+        return f"R start models M(L0) ({row['labelled']} random real labels)"
     name = f"{row['setting']} {STRATEGY_TITLES.get(row['strategy'], row['strategy'])}"
     return f"{name}, cycles of k={row['k']}" if row["mode"] == "multi" else name
 
 
-def timing_summary(rows: list[dict]) -> str:
+def timing_summary(rows: list[dict], base_given: bool = False) -> str:
     """One line per block: runs, mean and total wall time (the cost side of the table)."""
     lines = ["| Block | Runs | Wall s per run (mean) | Wall s (total) |", "|---|---|---|---|"]
     groups: dict[str, list[float]] = {}
     for row in rows:
-        groups.setdefault(_group_name(row), []).append(row["wall_s"])
+        groups.setdefault(_group_name(row, base_given), []).append(row["wall_s"])
 
-    def rank(name: str) -> tuple[bool, bool, bool, str]:
-        return (not name.startswith("S base"), not name.startswith("R "), "cycles" in name, name)
+    def rank(name: str) -> tuple[bool, bool, bool, bool, str]:
+        starts = name.startswith(("S base", "R start"))
+        return (
+            not starts,
+            not name.startswith("S base"),
+            not name.startswith("R "),
+            "cycles" in name,
+            name,
+        )
 
     for name, walls in sorted(groups.items(), key=lambda item: rank(item[0])):
         lines.append(

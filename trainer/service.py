@@ -41,7 +41,7 @@ from dal.link.topics import TOPICS
 from dal.notify import Notifier
 from dal.trainer import jobs
 from dal.trainer.config import TrainerConfig, optional_path, resolve_path
-from dal.trainer.labels import GroundTruthOracle
+from dal.trainer.labels.oracle import GroundTruthOracle
 from dal.trainer.registry import Registry
 from dal.trainer.store import SampleStore
 
