@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--offline", action="store_true", help="no broker/agent/trainer, procedural images"
     )
     parser.add_argument("--cycles", type=int, default=2)
-    parser.add_argument("--k", type=int, default=5, help="images labelled per cycle")
+    parser.add_argument("--k", type=int, default=10, help="images labelled per cycle")
     parser.add_argument("--strategy", choices=sorted(STRATEGIES), default="dbal")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -45,7 +45,8 @@ def render_set(
             "denoise": False,
             "max_bounces": 3,
             "device": "cpu",
-        }
+        },
+        "camera": {"distance": list(plan.camera_distance)},
     }
     cfg = dal_config.from_dict(RenderConfig, merged(PRESETS[preset], quick), f"preset {preset}")
     job = RenderJob(cfg, (ModelSpec(mesh.resolve(), "bracket"),), count, out_dir.resolve(), seed)

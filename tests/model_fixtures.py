@@ -6,12 +6,31 @@ random, so torch/onnxruntime parity compares real, well-separated scores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 TINY_SIZE = "160x96"
+
+
+def tiny_settings(train_json: Path, out: Path, **changes: Any) -> Any:
+    """TrainSettings of a quick CPU run at TINY_SIZE from random weights; `changes` override."""
+    from dal.trainer.train import TrainSettings
+
+    base = TrainSettings(
+        train=train_json,
+        out=out,
+        backbone_weights="none",
+        input_size=TINY_SIZE,
+        epochs=1,
+        lr=0.02,
+        warmup_steps=2,
+        progress=False,
+        device="cpu",
+    )
+    return replace(base, **changes)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from model_fixtures import TINY_SIZE
+from model_fixtures import TINY_SIZE, tiny_settings
 
 from dal.errors import ConfigError
 from dal.procedural import make_tiny
@@ -86,26 +86,12 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_tiny(root / "train", 24, classes=2, seed=1), make_tiny(root / "val", 4, seed=2)
 
 
-def _settings(train_json: Path, out: Path, **changes) -> TrainSettings:
-    base = TrainSettings(
-        train=train_json,
-        out=out,
-        backbone_weights="none",
-        input_size=TINY_SIZE,
-        epochs=1,
-        lr=0.02,
-        warmup_steps=2,
-        progress=False,
-        device="cpu",
-    )
-    return dataclasses.replace(base, **changes)
-
-
 def test_validation_runs_on_its_schedule_and_at_the_end(
     tiny_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
     train_json, val_json = tiny_data
-    result = train(_settings(train_json, tmp_path / "run", val=val_json, epochs=3, eval_every=2))
+    settings = tiny_settings(train_json, tmp_path / "run", val=val_json, epochs=3, eval_every=2)
+    result = train(settings)
     assert [("AP" in record) for record in result.history] == [False, True, True]
     ckpt = load_checkpoint(result.best_path)
     assert ckpt.training_summary["device"] == "cpu"
@@ -113,7 +99,7 @@ def test_validation_runs_on_its_schedule_and_at_the_end(
 
 
 def test_a_time_budget_replans_the_epochs(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
-    result = train(_settings(tiny_data[0], tmp_path / "run", epochs=5, time_budget_s=1e-3))
+    result = train(tiny_settings(tiny_data[0], tmp_path / "run", epochs=5, time_budget_s=1e-3))
     assert result.epochs_run == 1
     assert [record["epoch"] for record in result.history] == [1]
     # the new default layout (RPN from P3 up) exports and runs in onnxruntime

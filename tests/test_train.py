@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import TINY_SIZE, TinyModel
+from model_fixtures import TinyModel, tiny_settings
 
 from dal.errors import ModelError
 from dal.procedural import make_tiny
 from dal.trainer.checkpoint import load_checkpoint
-from dal.trainer.train import TrainSettings, train
-
-
-def _settings(train_json: Path, out: Path, **changes) -> TrainSettings:
-    base = TrainSettings(
-        train=train_json,
-        out=out,
-        backbone_weights="none",
-        input_size=TINY_SIZE,
-        epochs=1,
-        batch_size=4,
-        lr=0.02,
-        warmup_steps=2,
-        progress=False,
-    )
-    return dataclasses.replace(base, **changes)
+from dal.trainer.train import train
 
 
 def test_training_lowers_the_loss_and_computes_ap(tiny_model: TinyModel) -> None:
@@ -48,7 +32,7 @@ def test_checkpoint_loads_with_weights_only(tiny_model: TinyModel) -> None:
 def test_fine_tuning_starts_from_the_checkpoint(tiny_model: TinyModel, tmp_path: Path) -> None:
     parent = load_checkpoint(tiny_model.checkpoint)
     result = train(
-        _settings(
+        tiny_settings(
             tiny_model.train_json,
             tmp_path / "ft",
             init=tiny_model.checkpoint,
@@ -69,14 +53,14 @@ def test_fine_tuning_with_other_classes_names_the_field(
     three = make_tiny(tmp_path / "three", 4, classes=3, seed=5)
     out = tmp_path / "out"
     with pytest.raises(ModelError, match=r"best\.pt: config\.class_names has 2 classes"):
-        train(_settings(three, out, init=tiny_model.checkpoint))
+        train(tiny_settings(three, out, init=tiny_model.checkpoint))
     assert not (out / "best.pt").exists()
 
 
 def test_reset_head_trains_a_new_class_set(tiny_model: TinyModel, tmp_path: Path) -> None:
     three = make_tiny(tmp_path / "three", 4, classes=3, seed=5)
     result = train(
-        _settings(
+        tiny_settings(
             three,
             tmp_path / "out",
             init=tiny_model.checkpoint,
@@ -91,9 +75,10 @@ def test_reset_head_trains_a_new_class_set(tiny_model: TinyModel, tmp_path: Path
 
 def test_resume_continues_from_last_epoch(tmp_path: Path) -> None:
     data = make_tiny(tmp_path / "data", 8, seed=3)
-    first = train(_settings(data, tmp_path / "run", epochs=1, max_steps_per_epoch=1))
+    first = train(tiny_settings(data, tmp_path / "run", epochs=1, max_steps_per_epoch=1))
     assert first.epochs_run == 1
-    second = train(_settings(data, tmp_path / "run", epochs=2, max_steps_per_epoch=1, resume=True))
+    again = tiny_settings(data, tmp_path / "run", epochs=2, max_steps_per_epoch=1, resume=True)
+    second = train(again)
     assert [h["epoch"] for h in second.history] == [1, 2]
 
 
