@@ -284,6 +284,9 @@ def _print_status(
             f"{p.get('kept', 0)} kept, {p.get('duplicates', 0)} duplicates, "
             f"{p.get('infer_errors', 0)} errors"
         )
+        storage = status.get("storage") or {}
+        if storage.get("paused"):
+            print(f"capture paused: the pool cannot store ({storage.get('reason')})")
         link = status.get("link") or {}
         if link.get("enabled"):
             up = "connected" if link.get("connected") else "disconnected"

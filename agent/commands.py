@@ -2,7 +2,12 @@
 
 The settings start from the config's [query]; set_query changes them for the next cycles. They
 are saved with the config's own [query] values of that moment, so they survive a restart but
-give way to an edited config file.
+give way to an edited config file. A saved setting that no longer passes the checks (an older
+version stored it) is dropped with a warning: it must not fail every cycle after every restart.
+
+Every command gets a command_result, a refused one too: one that breaks the contract (bad JSON,
+an unknown action, a value out of range) is answered with ok=false and the reason whenever its
+id can still be read, then counted by the Link like any malformed message.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dal.agent.cycle import CycleTrigger
 from dal.agent.outbox import Outbox
 from dal.agent.pool import Pool
 from dal.agent.supervisor import EmitFn
-from dal.errors import ConfigError
+from dal.errors import ConfigError, LinkError
 from dal.link import Command
 
 logger = logging.getLogger(__name__)
@@ -58,7 +63,11 @@ class Commands:
             try:
                 return QueryConfig(**saved["settings"])
             except (ConfigError, TypeError) as err:
-                logger.warning("ignoring saved query settings: %s", err)
+                logger.warning(
+                    "ignoring saved query settings %s: %s; using the config's [query]",
+                    saved.get("settings"),
+                    err,
+                )
         return self.config
 
     def set_query(self, settings: QueryConfig) -> None:
@@ -67,6 +76,20 @@ class Commands:
         self.outbox.set_state(
             QUERY_STATE, {"config": self.config.to_dict(), "settings": settings.to_dict()}
         )
+
+    def on_payload(self, topic: str, payload: bytes) -> None:
+        """The Link handler of the cmd topic: decode, answer a refusal, then handle."""
+        if not payload:
+            return  # a cleared retained message
+        try:
+            command = Command.from_json(payload)
+        except LinkError as err:
+            self.received += 1
+            command_id = Command.readable_id(payload)
+            if command_id is not None:
+                self.result(command_id, False, f"refused: {err}")
+            raise  # the Link logs and counts it like any malformed message
+        self.on_command(topic, command)
 
     def on_command(self, topic: str, command: Command) -> None:
         self.received += 1
@@ -77,6 +100,11 @@ class Commands:
         handler(command)
 
     def _trigger_cycle(self, command: Command) -> None:
+        try:
+            self.query.changed(**command.params)  # the cycle will run with these: check now
+        except ConfigError as err:
+            self.result(command.id, False, str(err))
+            return
         if self.pool.count() == 0:
             self.result(command.id, False, "the pool is empty")
             return

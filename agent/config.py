@@ -10,6 +10,7 @@ Relative paths (pool folder, model) are resolved against `[agent] data_dir` by `
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -21,12 +22,14 @@ from dal import config as cfg
 from dal.agent.providers import DEFAULT_PROVIDERS
 from dal.config import doc
 from dal.errors import ConfigError, LinkError
+from dal.link.messages import QUERY_BETA_MAX, QUERY_K_MAX
 from dal.link.settings import MqttSection
 from dal.scoring import AGGREGATES, METHODS
 from dal.strategies import STRATEGIES
 
 ColorResolution = Literal["720p", "1080p", "1440p", "1536p", "2160p", "3072p"]
 DepthMode = Literal["off", "nfov_2x2binned", "nfov_unbinned", "wfov_2x2binned", "wfov_unbinned"]
+SEED_MAX = 2**31 - 1  # the cycle number is added, and scikit-learn takes seeds below 2**32
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,14 @@ class PoolConfig:
     jpeg_quality: int = field(
         default=90, metadata=doc("JPEG quality of pooled frames.", min=1, max=100)
     )
+    full_retry_s: float = field(
+        default=5.0,
+        metadata=doc(
+            "While the pool cannot store (disk full), capture pauses and one frame this often "
+            "tries again; the first one stored resumes capture.",
+            min=0.05,
+        ),
+    )
     synchronous: Literal["NORMAL", "FULL"] = field(
         default="NORMAL",
         metadata=doc(
@@ -272,32 +283,38 @@ class ScoringConfig:
 @dataclass(frozen=True)
 class QueryConfig:
     """The query settings: the config gives the start, set_query commands change them (a copy
-    through `changed`, checked like the file)."""
+    through `changed`, checked like the file). The bounds are the wire contract's (dal.link
+    messages), so no accepted value can overflow a cycle."""
 
     strategy: str = field(
         default="dbal", metadata=doc("Query strategy: random, margin, dbal or coreset.")
     )
-    k: int = field(default=25, metadata=doc("Images chosen per cycle.", min=1))
+    k: int = field(default=25, metadata=doc("Images chosen per cycle.", min=1, max=QUERY_K_MAX))
     beta: float = field(
-        default=2.0, metadata=doc("DBAL pre-filter: the top beta·k images are clustered.", min=1.0)
+        default=2.0,
+        metadata=doc(
+            "DBAL pre-filter: the top beta·k images are clustered.", min=1.0, max=QUERY_BETA_MAX
+        ),
     )
     seed: int = field(
-        default=0, metadata=doc("Random seed of the strategy (cycle number is added).")
+        default=0,
+        metadata=doc("Random seed of the strategy (cycle number is added).", min=0, max=SEED_MAX),
     )
     allow_labelled: bool = field(
         default=False, metadata=doc("Let already labelled images be chosen again.")
     )
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
+        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
             raise ConfigError(
                 f"unknown query strategy {self.strategy!r}",
                 hint=f"choose one of {', '.join(sorted(STRATEGIES))}",
             )
-        if self.k < 1:
-            raise ConfigError(f"k must be ≥ 1, got {self.k}")
-        if not self.beta >= 1.0:
-            raise ConfigError(f"beta must be ≥ 1, got {self.beta}", hint="the paper uses β = 2")
+        _check_number("k", self.k, int, 1, QUERY_K_MAX)
+        _check_number("beta", self.beta, float, 1.0, QUERY_BETA_MAX, hint="the paper uses β = 2")
+        _check_number("seed", self.seed, int, 0, SEED_MAX)
+        if not isinstance(self.allow_labelled, bool):
+            raise ConfigError(f"allow_labelled must be true or false, got {self.allow_labelled!r}")
 
     def changed(self, **params: Any) -> QueryConfig:
         """A copy with the given non-None fields replaced (and checked)."""
@@ -305,6 +322,19 @@ class QueryConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _check_number(
+    name: str, value: Any, kind: type, low: float, high: float, hint: str | None = None
+) -> None:
+    """A query number of the right type (no bool), finite and within [low, high]."""
+    ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type:
+        raise ConfigError(
+            f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+        )
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"{name} must be in {low:g}..{high:g}, got {value!r}", hint=hint)
 
 
 @dataclass(frozen=True)

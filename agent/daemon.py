@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from dal.agent.config import AgentConfig, QueryConfig, agent_id, resolve_path
 from dal.agent.cycle import CycleTrigger
 from dal.agent.cycle_worker import CycleWorker
 from dal.agent.model_store import ModelStore
-from dal.agent.model_update import ModelManager, UpdateWorker
+from dal.agent.model_update import ActiveModel, ModelManager, UpdateWorker
 from dal.agent.outbox import Outbox
 from dal.agent.pipeline import Counters, Pipeline
 from dal.agent.policy import DriftMonitor
@@ -44,13 +45,17 @@ from dal.agent.pool import Pool
 from dal.agent.reporting import EventLog, Parts, Reporter
 from dal.agent.shipper import Shipper
 from dal.agent.sources import ReconnectingSource, open_source
+from dal.agent.storage_gate import StorageGate
 from dal.agent.supervisor import Supervisor
-from dal.errors import DalError, StorageError
-from dal.link import AckWaiter, Command, Link, ModelDownloader, TransferSender, agent_will
+from dal.errors import ConfigError, DalError, ModelError, StorageError
+from dal.link import AckWaiter, Link, ModelDownloader, TransferSender, agent_will
 from dal.link.signing import load_public_key
+from dal.lockfile import PidLock
 from dal.notify import Notifier
 
 logger = logging.getLogger(__name__)
+
+LOCK_FILE = "agent.lock"  # in data_dir: one agent per data folder
 
 
 class AgentDaemon:
@@ -157,6 +162,8 @@ class AgentDaemon:
                 f"cannot create [agent] data_dir {self.data_dir}: {err.strerror}",
                 hint="create it for the service user, or choose another data_dir",
             ) from None
+        lock = PidLock(self.data_dir / LOCK_FILE, "agent").acquire()  # before anything opens
+        self._closers.append(lock.release)
         self.pool = Pool.from_config(resolve_path(cfg, cfg.pool.dir), cfg.pool)
         self._closers.append(self.pool.close)
         self.outbox = Outbox(self.pool.db_path, self.agent, cfg.pool.synchronous)
@@ -183,8 +190,20 @@ class AgentDaemon:
         )
         self._closers.append(self.models.close)
         configured = resolve_path(cfg, cfg.detector.model) if cfg.detector.model else None
-        if self.models.load_initial(configured) is None:
+        if self._load_start_model(configured) is None:
             logger.warning("no model yet: frames are skipped until one is pushed or configured")
+
+    def _load_start_model(self, configured: Path | None) -> ActiveModel | None:
+        """The model to start with; a missing or broken one is a ConfigError (exit 78): the
+        same file fails again after every restart, so systemd must not loop on it."""
+        fix = "point [detector] model at a good model file, or remove it to use the stored one"
+        if configured is not None and not configured.is_file():
+            raise ConfigError(f"[detector] model {configured} does not exist", hint=fix)
+        try:
+            return self.models.load_initial(configured)
+        except ModelError as err:
+            what = f"[detector] model {configured}" if configured else "the current model"
+            raise ConfigError(f"{what} cannot be used: {err}", hint=fix) from None
 
     def _open_pipeline(self) -> None:
         cfg = self.config
@@ -198,6 +217,7 @@ class AgentDaemon:
             outbox=self.outbox,
             trigger=self.trigger,
             stop=self.stop_event,
+            storage=StorageGate(cfg.pool.full_retry_s, on_change=self._storage_changed),
         )
         self.commands = Commands(
             cfg.query,
@@ -246,7 +266,7 @@ class AgentDaemon:
             retry_max_s=cfg.link.retry_max_s,
         )
         topic = self.link.topic("agent_cmd", self.agent)
-        self.link.subscribe_message(topic, Command, self.commands.on_command)
+        self.link.subscribe(topic, self.commands.on_payload)
         if cfg.update.enabled and self.public_key is not None:
             self.downloader = ModelDownloader(
                 self.link,
@@ -282,6 +302,14 @@ class AgentDaemon:
         self._status_dirty.set()
         if self.shipper is not None:
             self.shipper.wake.set()
+
+    def _storage_changed(self, reason: str | None) -> None:
+        """Capture paused (the pool cannot store) or resumed: an event, and the status now."""
+        if reason is not None:
+            self.emit("capture_paused", f"capture paused: {reason}", {"reason": reason})
+        else:
+            self.emit("capture_resumed", "capture resumed: the pool stores frames again", {})
+        self._status_dirty.set()
 
     def _on_ack(self, ack: Any) -> None:
         if self.shipper is not None:

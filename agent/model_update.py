@@ -5,10 +5,12 @@ model keeps serving meanwhile: the manifest's Ed25519 signature and the file's s
 the file sat on disk), onnxruntime loads it and it follows the detector contract, the model's
 own version equals the manifest's, and a smoke test on pooled images gives sane outputs
 (finite, probabilities that sum to one, labels in range, a non-zero feature) within the
-latency bound. Only then is it swapped in, under the inference lock. The previous detector
-stays loaded for `probation_frames` inferences: a model error in that window rolls back to it
-at once. `UpdateWorker` is the agent's update worker: downloads wait in its queue and are
-applied one at a time, smoke-tested on the pool's most informative images.
+latency bound, and its class names are the running model's (unless the manifest says they
+change). The smoke test stops at the first image that settles the latency verdict, and gives
+way when a newer download is waiting. Only then is it swapped in, under the inference lock.
+The previous detector stays loaded for `probation_frames` inferences: a model error in that
+window rolls back to it at once. `UpdateWorker` is the agent's update worker: downloads wait in
+its queue and are applied one at a time, smoke-tested on the pool's most informative images.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dal.agent.model_store import ModelStore
 from dal.agent.pool import Pool, decode_jpeg
 from dal.errors import DalError, LinkError, ModelError, StorageError
 from dal.fileio import sha256_file
-from dal.link.messages import ModelManifest
+from dal.link.messages import META_CLASSES_CHANGED, ModelManifest
 from dal.link.signing import verify_model_file
 
 logger = logging.getLogger(__name__)
@@ -73,17 +75,51 @@ class SmokeReport:
     detections: int
 
 
+class SmokeTestCancelledError(Exception):
+    """The smoke test gave way (a newer download, the agent stopping): no verdict on the model."""
+
+
+# One image this many times over the latency bound decides at once: a 16 s model under a
+# 0.5 s bound is refused after its first image, not after eight.
+HARD_LATENCY_FACTOR = 4.0
+
+
+def latency_verdict(latencies: Sequence[float], total: int, max_latency_s: float) -> str | None:
+    """Why the smoke test's latency check has already failed after `latencies` of `total`
+    images, or None while it can still pass. Pure."""
+    if latencies and latencies[-1] > HARD_LATENCY_FACTOR * max_latency_s:
+        return (
+            f"image {len(latencies)} of {total} took {latencies[-1]:.3f} s, over "
+            f"{HARD_LATENCY_FACTOR:g}x the bound {max_latency_s:g} s"
+        )
+    over = sum(1 for t in latencies if t > max_latency_s)
+    if over > total // 2:  # the median of all `total` is over the bound whatever the rest take
+        return (
+            f"{over} of {total} images took longer than the bound {max_latency_s:g} s: "
+            "the median cannot pass"
+        )
+    return None
+
+
 def smoke_test(
-    detector: Detector, images: Sequence[np.ndarray], max_latency_s: float
+    detector: Detector,
+    images: Sequence[np.ndarray],
+    max_latency_s: float,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> SmokeReport:
-    """Run `detector` on `images` (a grey frame if there are none); ModelError says what failed."""
+    """Run `detector` on `images` (a grey frame if there are none); ModelError says what failed.
+    It stops as soon as the latency verdict is certain, and raises SmokeTestCancelledError before
+    an image when `cancelled()` says the result is no longer wanted."""
     if not images:
         w, h = detector.info.input_size
         images = [np.full((h, w, 3), 114, np.uint8)]
     latencies: list[float] = []
     boxes = 0
     feature_seen = False
+    slow = "raise [update] max_latency_s, or publish a lighter model"
     for i, image in enumerate(images):
+        if cancelled():
+            raise SmokeTestCancelledError(f"stopped before image {i + 1} of {len(images)}")
         d = detector.detect(image)
         problem = output_problem(d, detector.info.num_classes)
         if problem:
@@ -91,13 +127,16 @@ def smoke_test(
         latencies.append(d.latency_s)
         boxes += len(d)
         feature_seen = feature_seen or bool(np.any(d.feature))
+        verdict = latency_verdict(latencies, len(images), max_latency_s)
+        if verdict:
+            raise ModelError(f"smoke test: {verdict}", hint=slow)
     if not feature_seen:
         raise ModelError("smoke test: the feature is all zeros on every image")
     median = statistics.median(latencies)
     if median > max_latency_s:
         raise ModelError(
             f"smoke test: median latency {median:.3f} s exceeds the bound {max_latency_s:g} s",
-            hint="raise [update] max_latency_s, or publish a lighter model",
+            hint=slow,
         )
     return SmokeReport(len(images), median, boxes)
 
@@ -266,8 +305,32 @@ class ModelManager:
             raise LinkError("no trusted public key configured", hint="set [update] public_key")
         verify_model_file(manifest, path, self.public_key)
 
+    def _check_classes(self, manifest: ModelManifest, detector: Detector) -> None:
+        """Other class names (even as many) would silently relabel every detection: refused
+        unless the signed manifest says the change is meant (meta classes_changed: true)."""
+        active = self._active
+        new = detector.info.class_names
+        if active is None or new == active.class_names:
+            return
+        if manifest.meta.get(META_CLASSES_CHANGED) is True:
+            logger.warning(
+                "model %s changes the classes %s -> %s, as its manifest says",
+                manifest.version,
+                list(active.class_names),
+                list(new),
+            )
+            return
+        raise ModelError(
+            f"its classes {list(new)} differ from the running model's {list(active.class_names)}",
+            hint=f"if the change is meant, publish it with meta {META_CLASSES_CHANGED}: true",
+        )
+
     def _candidate(
-        self, manifest: ModelManifest, path: Path, images: Sequence[np.ndarray]
+        self,
+        manifest: ModelManifest,
+        path: Path,
+        images: Sequence[np.ndarray],
+        cancelled: Callable[[], bool],
     ) -> tuple[Detector, SmokeReport]:
         detector = self._load(path)
         try:
@@ -277,19 +340,37 @@ class ModelManager:
                     f"manifest {manifest.version!r}",
                     hint="publish the model under its own version",
                 )
-            report = smoke_test(detector, images, self.max_latency_s)
+            self._check_classes(manifest, detector)
+            report = smoke_test(detector, images, self.max_latency_s, cancelled)
         except BaseException:
             detector.close()
             raise
         return detector, report
 
+    def _superseded(self, manifest: ModelManifest, why: str) -> UpdateOutcome:
+        """A check that gave way: nothing is refused, the model may be offered again."""
+        message = f"check of model {manifest.version} abandoned ({why}): a newer one waits"
+        logger.info("%s", message)
+        data = {"version": manifest.version, "running": self.version}
+        self._report("model_superseded", message, data)
+        return UpdateOutcome(False, manifest.version, message, data)
+
     def apply_update(
-        self, manifest: ModelManifest, path: Path, images: Sequence[np.ndarray]
+        self,
+        manifest: ModelManifest,
+        path: Path,
+        images: Sequence[np.ndarray],
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> UpdateOutcome:
-        """Verify, load, smoke-test and swap in a downloaded model; see the module docstring."""
+        """Verify, load, smoke-test and swap in a downloaded model; see the module docstring.
+        `cancelled()` is asked between smoke images: True abandons the check (no verdict)."""
         try:
             self._verify(manifest, path)
-            detector, report = self._candidate(manifest, path, images)
+            detector, report = self._candidate(manifest, path, images, cancelled)
+        except SmokeTestCancelledError as err:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return self._superseded(manifest, str(err))
         except (DalError, OSError) as err:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -376,5 +457,10 @@ class UpdateWorker:
                 manifest, path = self.updates.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self.models.apply_update(manifest, path, self.smoke_images())
+            self.models.apply_update(manifest, path, self.smoke_images(), self._pre_empted)
             self._changed()
+
+    def _pre_empted(self) -> bool:
+        """A download that completed meanwhile is the newer model: check that one instead (and
+        a stopping agent waits for no smoke test)."""
+        return self._stop.is_set() or not self.updates.empty()

@@ -7,7 +7,9 @@ Three loops, each a supervised worker (agent/supervisor.py):
     store    writes kept frames into the pool (JPEG + fsync + commit beside inference)
 
 A live source drops the oldest waiting frame when inference falls behind; a recording waits,
-so no frame of it is lost.
+so no frame of it is lost. While the pool cannot store (disk full: storage_gate.py) capture
+pauses the same way: a live source's frames are dropped and counted, a recording waits; one
+frame every probe interval goes through to find out whether space came back.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dal.agent.outbox import Outbox
 from dal.agent.policy import DriftMonitor, KeepPolicy, ReferenceStats
 from dal.agent.pool import Pool, Scored
 from dal.agent.sources import Frame, ReconnectingSource
+from dal.agent.storage_gate import StorageGate
 from dal.agent.supervisor import Beat
 from dal.errors import ModelError, StorageError
 from dal.scoring import image_score
@@ -82,6 +85,7 @@ class Counters:
     pool_refused: int = 0
     infer_errors: int = 0
     storage_errors: int = 0
+    storage_paused: int = 0  # live frames dropped while the pool could not store
 
 
 class Pipeline:
@@ -97,6 +101,7 @@ class Pipeline:
         outbox: Outbox,
         trigger: CycleTrigger,
         stop: threading.Event,
+        storage: StorageGate | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -105,6 +110,7 @@ class Pipeline:
         self.outbox = outbox  # the agent_state store: drift references survive restarts
         self.trigger = trigger
         self.stop = stop
+        self.storage = storage or StorageGate(config.pool.full_retry_s)
         self.policy = KeepPolicy.from_config(config.policy)
         self.drift = DriftMonitor.from_config(config.drift)
         self.counters = Counters()
@@ -122,7 +128,20 @@ class Pipeline:
             beat()
             if frame is None:
                 return  # stopped, or the recording ended: the rest of the agent carries on
-            self._put_frame(frame, beat)
+            if self._storage_allows(beat):
+                self._put_frame(frame, beat)
+
+    def _storage_allows(self, beat: Beat) -> bool:
+        """While the pool cannot store: drop a live frame, hold a recording's until the next
+        probe (none of it is lost). True: pass this frame on."""
+        while not self.storage.allow():
+            if self.source.live:
+                self.counters.storage_paused += 1
+                return False
+            beat()
+            if self.stop.wait(0.2):
+                return False
+        return True
 
     def _put_frame(self, frame: Frame, beat: Beat) -> None:
         """Live sources drop the oldest waiting frame; recordings wait (no frame lost)."""
@@ -255,8 +274,9 @@ class Pipeline:
             )
         except StorageError as err:
             self.counters.storage_errors += 1
-            logger.error("frame %d not pooled: %s", frame.index, err)
+            self.storage.failed(err)  # says it once and pauses capture
             return None
+        self.storage.stored()
         if sample_id is None:
             self.counters.pool_refused += 1
             return None

@@ -138,6 +138,7 @@ class Reporter:
         self._fatal = fatal
         self.dirty = dirty  # set by anyone: publish the status at the next tick
         self.metrics_dropped = 0
+        self._status_file_failing = False
         self._due: dict[str, float] = {}
         self._source_seen: tuple[str | None, int] = (None, 0)
 
@@ -192,6 +193,7 @@ class Reporter:
             fps=round(self.p.pipeline.fps.rate(), 3),
             last_cycle=last.started if last else None,
             outbox_backlog=self.p.outbox.backlog(),
+            storage_error=self.p.pipeline.storage.reason,
         )
 
     def publish_status(self) -> None:
@@ -232,6 +234,7 @@ class Reporter:
         values["source_connected"] = int(state.status == CONNECTED)
         values["source_reconnects"] = state.reconnects
         values["source_attempts"] = state.attempts
+        values["capture_paused"] = int(pipeline.storage.paused)
         return values
 
     def publish_metrics(self) -> None:
@@ -276,6 +279,7 @@ class Reporter:
                 "source": dataclasses.asdict(p.source.state),
                 "pipeline": {**self.counters(), "fps": p.pipeline.fps.rate()},
                 "pool": dataclasses.asdict(p.pool.stats()),
+                "storage": p.pipeline.storage.to_dict(),
                 "outbox": p.outbox.counts(),
                 "query": p.commands.query.to_dict(),
                 "last_cycle": last.to_dict() if last else None,
@@ -294,10 +298,17 @@ class Reporter:
         )
 
     def write_status_file(self, state: str) -> None:
+        """Rewrite status.json; a failure (a full disk) is said once, not every few seconds."""
         try:
             atomic_write_json(self.p.config.agent.data_dir / STATUS_FILE, self.status(state))
         except DalError as err:
-            logger.warning("status file not written: %s", err)
+            if not self._status_file_failing:
+                logger.warning("status file not written (said once until it works): %s", err)
+            self._status_file_failing = True
+            return
+        if self._status_file_failing:
+            logger.info("status file written again")
+        self._status_file_failing = False
 
     def status_line(self) -> str:
         link = "up" if self.p.link and self.p.link.connected else "down"

@@ -33,6 +33,7 @@ REPO = HERE.parent
 SMALL_ARGS: dict[str, list[str]] = {
     "agent": ["--frames", "20", "--rounds", "2"],
     "detector": ["--arch", "mobilenet_v2_fpn", "--steps", "3", "--runs", "5"],
+    "fleet": ["--agents", "10", "--samples", "20", "--procs", "2", "--cycle-s", "0.2"],
     "mqtt": ["--size-mb", "16", "--repeat", "1"],
     "pool": ["--n", "60"],
     "query": ["--pool", "100000", "--repeats", "2", "--score-images", "2000"],
@@ -47,6 +48,8 @@ HEADLINE: dict[str, tuple[str, tuple[str | int, ...]]] = {
     "pool_inserts_per_s": ("pool", ("inserts_per_s_jpeg_normal",)),
     "mqtt_sample_transfer_mb_s": ("mqtt", ("sample_transfer_mb_s",)),
     "mqtt_model_download_mb_s": ("mqtt", ("model_download_mb_s",)),
+    "fleet_samples_per_s": ("fleet", ("samples_per_s",)),
+    "fleet_enqueue_to_ack_p99_s": ("fleet", ("enqueue_to_ack_p99_s",)),
     "training_steps_per_s_mobilenet_v2_fpn": (
         "detector",
         ("archs", "mobilenet_v2_fpn", "training", "steps_per_s"),

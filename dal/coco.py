@@ -14,6 +14,10 @@ Conventions:
 - `iscrowd=1` annotations mark regions, not objects: they are kept out of `boxes` (training and
   the agent never see them) but stay in `ImageRecord.crowd` and are written back by `to_json`,
   so pycocotools still ignores detections inside them at evaluation.
+- A `file_name` must stay inside the image root: absolute names and names that climb out with
+  `..` are refused at load (a label file from outside must not make the trainer read, and
+  ship in a dataset, files such as /etc/passwd). `allow_outside_root=True` lets a trusted file
+  through; the check is on the name, so a symlink inside the root is still followed.
 """
 
 from __future__ import annotations
@@ -235,8 +239,20 @@ def _parse_categories(check: _Checker, items: list[Any]) -> dict[int, str]:
     return categories
 
 
+def inside_root(file_name: str) -> bool:
+    """Does `root / file_name` stay under root, judged by the name alone?"""
+    if os.path.isabs(file_name):
+        return False
+    parts = Path(os.path.normpath(file_name)).parts
+    return not parts or parts[0] != os.pardir
+
+
 def _parse_images(
-    check: _Checker, items: list[Any], image_root: Path, check_files: bool
+    check: _Checker,
+    items: list[Any],
+    image_root: Path,
+    check_files: bool,
+    allow_outside_root: bool = False,
 ) -> dict[int, dict[str, Any]]:
     images: dict[int, dict[str, Any]] = {}
     for i, item in enumerate(items):
@@ -248,6 +264,12 @@ def _parse_images(
         file_name = item["file_name"]
         if not isinstance(file_name, str) or not file_name:
             raise check.fail(f"{where}.file_name", f"expected a file name, got {file_name!r}")
+        if not allow_outside_root and not inside_root(file_name):
+            raise check.fail(
+                f"{where}.file_name",
+                f"{file_name!r} (image id {image_id}) leaves the image root {image_root}",
+                hint="use file names relative to the image root, without climbing out with ..",
+            )
         if check_files and not (image_root / file_name).is_file():
             raise check.fail(
                 f"{where}.file_name",
@@ -336,6 +358,7 @@ def coco_from_dict(
     json_path: Path | None = None,
     image_root: str | os.PathLike[str] = ".",
     check_files: bool = True,
+    allow_outside_root: bool = False,
 ) -> CocoDataset:
     """Validate an already-parsed COCO dict (labels received in memory, say)."""
     check = _Checker(source)
@@ -343,7 +366,9 @@ def coco_from_dict(
         raise check.fail("top level", f"expected a JSON object, got {type(doc).__name__}")
     root = Path(image_root)
     categories = _parse_categories(check, check.list_of(doc, "categories"))
-    images = _parse_images(check, check.list_of(doc, "images"), root, check_files)
+    images = _parse_images(
+        check, check.list_of(doc, "images"), root, check_files, allow_outside_root
+    )
     _parse_annotations(check, check.list_of(doc, "annotations"), images, categories)
     records = [
         ImageRecord(
@@ -368,14 +393,21 @@ def load_coco(
     path: str | os.PathLike[str],
     image_root: str | os.PathLike[str] | None = None,
     check_files: bool = True,
+    allow_outside_root: bool = False,
 ) -> CocoDataset:
     """Load and validate a COCO detection file; file names are relative to `image_root`
-    (default: the JSON file's folder). Raises DatasetError naming the file and field."""
+    (default: the JSON file's folder) and must stay inside it unless `allow_outside_root`.
+    Raises DatasetError naming the file and field."""
     json_path = Path(path)
     doc = _read_json(json_path)
     root = Path(image_root) if image_root is not None else json_path.parent
     return coco_from_dict(
-        doc, source=str(json_path), json_path=json_path, image_root=root, check_files=check_files
+        doc,
+        source=str(json_path),
+        json_path=json_path,
+        image_root=root,
+        check_files=check_files,
+        allow_outside_root=allow_outside_root,
     )
 
 
@@ -392,8 +424,10 @@ def merge(
 ) -> CocoDataset:
     """One dataset from several with the same categories (e.g. synthetic + real labels).
 
-    File names are rewritten relative to `image_root`; image ids must not collide (they are ids
-    other records point at, so they are never renumbered); annotation ids are renumbered.
+    File names are rewritten relative to `image_root`, which must hold every image (a name
+    climbing out of it would be refused when the file is loaded again); image ids must not
+    collide (they are ids other records point at, so they are never renumbered); annotation
+    ids are renumbered.
     """
     if not datasets:
         raise DatasetError("merge: no datasets given")
@@ -416,7 +450,13 @@ def merge(
                     hint="give the images of each source distinct ids",
                 )
             seen[rec.id] = ds.json_path
-            file_name = os.path.relpath(ds.image_path(rec).resolve(), root.resolve())
+            image = ds.image_path(rec).resolve()
+            file_name = os.path.relpath(image, root.resolve())
+            if not inside_root(file_name):
+                raise DatasetError(
+                    f"merge: image {image} (id {rec.id}) is outside the image root {root}",
+                    hint="merge into a folder that holds the images of every source",
+                )
             ann_ids = list(range(next_ann, next_ann + len(rec.annotation_ids)))
             next_ann += len(ann_ids)
             crowd = [{**c, "id": next_ann + i} for i, c in enumerate(rec.crowd)]

@@ -147,6 +147,8 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
     if value is None or not isinstance(value, int | float):
         return
     low, high = meta.get("min"), meta.get("max")
+    if (low is not None or high is not None) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value}")  # NaN passes < and >
     if low is not None and value < low:
         raise ConfigError(f"{where} must be ≥ {low}, got {value}")
     if high is not None and value > high:

@@ -3,6 +3,10 @@
 A reader must see either the old file or the new one, never half of each: write a temp file in
 the same folder (same filesystem, so the rename is atomic), flush and fsync it, `os.replace` it
 over the target, then fsync the folder so the rename itself is on disk.
+
+Permissions: a written file gets the mode the process umask allows (0666 & ~umask, what `open`
+would give), or the mode the caller names for a secret. mkstemp alone would make every file
+0600, unreadable by the other service users that read exported models and pooled images.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,28 @@ from dal.errors import StorageError
 logger = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it in /proc; elsewhere
+    set and restored at once (under a lock, though other threads could still race it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the umask."""
+    return 0o666 & ~current_umask()
 
 
 def fsync_dir(folder: Path) -> None:
@@ -54,13 +81,15 @@ def storage_error(err: OSError, path: Path) -> StorageError:
     return StorageError(f"cannot write {path}: {err}")
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Replace `path` with `data` atomically; on failure the old file (if any) stays untouched."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> Path:
+    """Replace `path` with `data` atomically; on failure the old file (if any) stays untouched.
+    The file gets `mode`, else what the umask allows (see the module docstring)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_name: str | None = None
     try:
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.fchmod(fd, default_mode() if mode is None else mode)  # before any byte lands
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -77,9 +106,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return target
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+def atomic_write_text(
+    path: str | os.PathLike[str], text: str, encoding: str = "utf-8", mode: int | None = None
+) -> Path:
     """Atomic text write (see `atomic_write_bytes`)."""
-    return atomic_write_bytes(path, text.encode(encoding))
+    return atomic_write_bytes(path, text.encode(encoding), mode)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
@@ -100,10 +131,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 # -- partial files: chunks that arrive in any order, then one durable rename --------------------
 
 
-def write_at(path: str | os.PathLike[str], offset: int, data: bytes) -> None:
-    """Write `data` at `offset` of a partial file, creating it (mode 0600) if needed: how the
-    link spools chunks that arrive in any order and more than once."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+def write_at(path: str | os.PathLike[str], offset: int, data: bytes, mode: int = 0o666) -> None:
+    """Write `data` at `offset` of a partial file, creating it if needed (`mode` less the
+    umask: the finished file is renamed into place and keeps it): how the link spools chunks
+    that arrive in any order and more than once."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, mode)
     try:
         os.pwrite(fd, data, offset)
     finally:

@@ -259,8 +259,10 @@ def select_dbal(
     if not (isinstance(beta, numbers.Real) and math.isfinite(beta) and beta >= 1.0):
         raise QueryError(f"beta must be a number ≥ 1, got {beta!r}", hint="the paper uses β = 2")
     r = _prepare(pool, k, labelled, allow_labelled)
-    # The epsilon keeps 1.1·10 = 11.000000000000002 from pre-filtering 12.
-    m = min(len(r.ids), math.ceil(beta * k - 1e-9))
+    # The epsilon keeps 1.1·10 = 11.000000000000002 from pre-filtering 12; a β·k beyond the
+    # pool (even one that overflows to inf) keeps the whole pool.
+    wanted = beta * k - 1e-9
+    m = min(len(r.ids), math.ceil(wanted)) if wanted < len(r.ids) else len(r.ids)
     if m <= k:
         return [str(i) for i in r.ids[:k]]
     # scikit-learn loads here, not at import: a second and more that the agent's CLI, which

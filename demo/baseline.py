@@ -11,7 +11,6 @@ import numpy as np
 from dal.coco import load_coco, write_coco
 from dal.demo import say
 from dal.demo.data import DemoFiles
-from dal.demo.training import labels_json_with_root
 
 if TYPE_CHECKING:
     from dal.trainer.config import TrainerConfig
@@ -40,12 +39,9 @@ def random_baseline(
         labelled = order[: cycle * args.k]
         run_dir = out / "random-baseline" / f"c{cycle}"
         labels = write_coco(pool.subset(labelled).to_json(), run_dir / "labels.json")
+        # the labels keep the pool's file names: the pool's folder is their image root
         settings = finetune_settings(
-            trainer_config,
-            labels_json_with_root(labels, files.pool_json),
-            None,
-            deployed,
-            run_dir / "run",
+            trainer_config, labels, files.pool_json.parent, deployed, run_dir / "run"
         )
         candidate = train(settings).best_path
         candidate_ap = evaluate_checkpoint(candidate, val, ft.device)["AP"]

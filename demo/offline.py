@@ -12,7 +12,7 @@ from dal.coco import load_coco, read_image, write_coco
 from dal.demo import STAND_IN_NOTE, say
 from dal.demo.plan import DemoPlan
 from dal.demo.sheets import coco_tiles, sheet, write_results
-from dal.demo.training import labels_json_with_root, train_model
+from dal.demo.training import train_model
 from dal.strategies import Candidates, select
 
 
@@ -73,13 +73,14 @@ def run_offline(out: Path, plan: DemoPlan, cycles: int, k: int, strategy: str, s
             f"fine-tuning on {len(labelled)} labelled images"
         )
         result = train_model(
-            labels_json_with_root(labels_json, pool_json),
+            labels_json,
             val_json,
             out / f"m{cycle}",
             plan,
             plan.cycle_epochs,
             checkpoint,
             seed,
+            train_images=pool_json.parent,  # the labels keep the pool's file names
         )
         checkpoint = result.best_path
         model_path = export_onnx(checkpoint, out / f"m{cycle}.onnx")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dal.coco import write_coco
 from dal.demo.plan import DemoPlan
 
 if TYPE_CHECKING:
@@ -23,14 +20,17 @@ def train_model(
     init: Path | None,
     seed: int,
     device: str = "auto",
+    train_images: Path | None = None,
 ) -> TrainResult:
-    """Train at the plan's size: from ImageNet weights, or fine-tune from `init`."""
+    """Train at the plan's size: from ImageNet weights, or fine-tune from `init`. The images
+    of `train_json` are under `train_images` (default: beside it)."""
     from dal.trainer.train import TrainSettings, train
 
     w, h = plan.size
     return train(
         TrainSettings(
             train=train_json,
+            train_images=train_images,
             val=val_json,
             out=out,
             init=init,
@@ -43,12 +43,3 @@ def train_model(
             device=device,
         )
     )
-
-
-def labels_json_with_root(labels_json: Path, pool_json: Path) -> Path:
-    """The oracle's label file lives beside the pool's: rewrite file names to point at it."""
-    doc = json.loads(labels_json.read_text())
-    rel = os.path.relpath(pool_json.parent, labels_json.parent)
-    for image in doc["images"]:
-        image["file_name"] = os.path.join(rel, image["file_name"])
-    return write_coco(doc, labels_json)

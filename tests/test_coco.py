@@ -359,3 +359,47 @@ def test_coco_dataset_is_plain_data(coco_dir: Path) -> None:
     ds.subset([17])
     assert ds.to_json() == before
     assert isinstance(ds, CocoDataset)
+
+
+CLIMBS = "../" * 40  # more than any temp folder is deep: this reaches /
+
+
+@pytest.mark.parametrize(
+    "file_name",
+    [f"{CLIMBS}etc/passwd", "/etc/passwd", "sub/../../b.jpg"],
+    ids=["climbs-out", "absolute", "climbs-out-later"],
+)
+@pytest.mark.parametrize("check_files", [True, False])
+def test_file_names_that_leave_the_image_root_are_refused_at_load(
+    coco_dir: Path, file_name: str, check_files: bool
+) -> None:
+    doc = _valid_doc()
+    doc["images"][1]["file_name"] = file_name
+    path = coco_dir / "escape.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DatasetError) as info:
+        load_coco(path, check_files=check_files)
+    message = str(info.value)
+    assert message.startswith(f"{path}: images[1].file_name: "), message
+    assert repr(file_name) in message and "image id 18" in message
+    assert "leaves the image root" in message
+
+
+def test_names_inside_the_root_pass_and_an_explicit_option_allows_the_rest(
+    coco_dir: Path,
+) -> None:
+    doc = _valid_doc()
+    (coco_dir / "sub").mkdir()
+    doc["images"][0]["file_name"] = "sub/../a.jpg"  # climbs, but stays inside
+    doc["images"][1]["file_name"] = f"{CLIMBS}etc/passwd"
+    path = coco_dir / "trusted.json"
+    path.write_text(json.dumps(doc))
+    ds = load_coco(path, allow_outside_root=True)
+    assert ds.image_path(ds.by_id(18)).resolve() == Path("/etc/passwd")
+
+
+def test_merge_refuses_an_image_outside_its_root(coco_dir: Path, tmp_path: Path) -> None:
+    ds = load_coco(coco_dir / "train.json")
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(DatasetError, match="outside the image root"):
+        merge([ds], image_root=elsewhere, json_path=elsewhere / "m.json")

@@ -99,6 +99,8 @@ def test_unknown_keys_are_rejected_with_a_suggestion(
         ('[inner]\nnames = "a"\n', ["inner.names", "array of strings"]),
         ('[inner]\nmode = "fsat"\n', ["inner.mode", "'fast', 'exact'", "did you mean 'fast'"]),
         ("[inner]\nratio = 1.5\n", ["inner.ratio", "≤ 1.0"]),
+        ("[inner]\nratio = nan\n", ["inner.ratio", "finite"]),
+        ("[inner]\nratio = -inf\n", ["inner.ratio", "finite"]),
         ("count = 0\n", ["count", "≥ 1"]),
         ("inner = 3\n", ["[inner] must be a table"]),
     ],

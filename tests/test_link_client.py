@@ -38,6 +38,7 @@ from dal.link import (
     new_sample_id,
     signing,
     topic,
+    trainer_will,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,6 +184,30 @@ def test_last_will_marks_a_killed_agent_offline_and_status_is_retained(
     late: list[str] = []
     make_link("late").subscribe_message(status, AgentStatus, lambda t, m: late.append(m.state))
     wait_until(lambda: late == ["offline"], 5, "the retained offline status")
+
+
+def test_a_clean_stop_says_offline_with_the_time_of_the_stop(
+    make_link: Callable[..., Link],
+) -> None:
+    """The Will is built at connect; the offline status of a clean stop is made at the stop."""
+    statuses: dict[str, AgentStatus | TrainerStatus] = {}
+    agent = make_link("cam7", will=agent_will("cam7"))
+    trainer = make_link("trainer", will=trainer_will())
+    time.sleep(1.5)
+    stopped = time.time()
+    agent.stop()
+    trainer.stop()
+    late = make_link("late")
+    late.subscribe_message(
+        topic("agent_status", agent="cam7"), AgentStatus, lambda t, m: statuses.update(agent=m)
+    )
+    late.subscribe_message(
+        topic("trainer_status"), TrainerStatus, lambda t, m: statuses.update(trainer=m)
+    )
+    wait_until(lambda: len(statuses) == 2, 5, "both retained offline statuses")
+    for who, status in statuses.items():
+        assert status.state == "offline"
+        assert status.time >= stopped - 0.01, f"{who}: offline since {stopped - status.time:.1f}s"
 
 
 def test_reconnect_resubscribes_and_restores_retained_state(

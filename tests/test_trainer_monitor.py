@@ -100,3 +100,15 @@ def test_monitor_reads_the_mqtt_table_of_a_config_file(broker, tmp_path: Path, c
     config.write_text("[mqtt]\nprot = 1\n")
     assert main(["monitor", "--once", "--config", str(config)]) == 1
     assert "[mqtt]: unknown key 'prot'" in capsys.readouterr().err
+
+
+def test_seen_is_the_time_the_agent_sent_not_when_the_monitor_got_it(
+    make_link, broker, capsys
+) -> None:
+    """A retained status from an hour ago was not seen just now, whenever the monitor starts."""
+    operator = make_link("test-operator")
+    old = AgentStatus(agent="cam5", state="offline", time=time.time() - 3600, pool_size=3)
+    operator.publish(operator.topic("agent_status", "cam5"), old, retain=True)
+    assert main(["monitor", "--once", "--port", str(broker.port), "--wait", "1.0"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("cam5")]
+    assert row.split()[-3:] == ["1h", "ago", "-"], row  # SEEN, then no LAST EVENT

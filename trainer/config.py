@@ -59,6 +59,22 @@ class IngestSection:
         default=600.0,
         metadata=doc("Drop a partial transfer that got no chunk for this long.", min=1.0),
     )
+    max_transfers_per_agent: int = field(
+        default=32,
+        metadata=doc(
+            "Unfinished transfers one agent may have at once; more are refused until one "
+            "completes or expires (so no agent can stop ingest for the others).",
+            min=1,
+        ),
+    )
+    headerless_after_s: float = field(
+        default=10.0,
+        metadata=doc(
+            "Drop chunks whose transfer header has not come within this long (a real header "
+            "follows within moments; only 4 such transfers per agent are kept at all).",
+            min=0.1,
+        ),
+    )
     synchronous: Literal["FULL", "EXTRA"] = field(
         default="FULL",
         metadata=doc(

@@ -23,6 +23,7 @@ import dataclasses
 import fcntl
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -234,11 +235,13 @@ def training_set(
         )
         for rec in real.images
     ]
-    merged = merge([synthetic, real], image_root=job_dir, json_path=json_path)
+    # The one folder holding both image sets: file names never climb out of the image root.
+    root = Path(os.path.commonpath([synthetic.image_root.resolve(), ctx.store.folder.resolve()]))
+    merged = merge([synthetic, real], image_root=root, json_path=json_path)
     write_coco(merged, json_path)
     summary["synthetic"] = str(synthetic_path)
     summary["synthetic_images"] = len(synthetic.images)
-    return json_path, job_dir, summary
+    return json_path, root, summary
 
 
 def evaluate_checkpoint(checkpoint: Path, val: CocoDataset, device: str = "auto") -> dict[str, Any]:

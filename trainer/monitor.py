@@ -43,7 +43,9 @@ COLUMNS = ("AGENT", "STATE", "MODEL", "POOL", "FPS", "LAST CYCLE", "BACKLOG", "S
 
 @dataclass
 class AgentView:
-    """What the monitor knows about one agent; times are this machine's clock."""
+    """What the monitor knows about one agent. `seen` is the newest time the agent wrote into
+    a message (a retained status from last night was not seen just now); the `*_at` times are
+    when this machine got them."""
 
     agent: str
     status: AgentStatus | None = None
@@ -71,17 +73,20 @@ class MonitorState:
     def on_status(self, topic: str, status: AgentStatus) -> None:
         with self._lock:
             view = self._view(topic)
-            view.status, view.status_at, view.seen = status, time.time(), time.time()
+            view.status, view.status_at = status, time.time()
+            view.seen = max(view.seen, status.time)
 
     def on_metrics(self, topic: str, metrics: Metrics) -> None:
         with self._lock:
             view = self._view(topic)
-            view.metrics, view.metrics_at, view.seen = metrics, time.time(), time.time()
+            view.metrics, view.metrics_at = metrics, time.time()
+            view.seen = max(view.seen, metrics.time)
 
     def on_event(self, topic: str, event: Event) -> None:
         with self._lock:
             view = self._view(topic)
-            view.event, view.seen = event, time.time()
+            view.event = event
+            view.seen = max(view.seen, event.time)
 
     def on_trainer(self, topic: str, status: TrainerStatus) -> None:
         with self._lock:

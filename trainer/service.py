@@ -131,6 +131,8 @@ class TrainerService:
             self.store.has,
             stale_after_s=cfg.ingest.stale_after_s,
             max_transfer_bytes=cfg.ingest.max_sample_mib << 20,
+            max_partials=cfg.ingest.max_transfers_per_agent,
+            headerless_after_s=cfg.ingest.headerless_after_s,
         )
         SampleReceiver(self.link, self.assembler)
         self.publisher = ModelPublisher(self.link)

@@ -197,6 +197,10 @@ class SampleStore:
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    def integrity_check(self) -> list[str]:
+        """Problems `PRAGMA integrity_check` finds in the store's database (empty = healthy)."""
+        return [r[0] for r in self._query("PRAGMA integrity_check") if r[0] != "ok"]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

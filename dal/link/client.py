@@ -91,12 +91,19 @@ class LinkConfig:
 
 @dataclass(frozen=True)
 class Will:
-    """Published by the broker when the client vanishes without DISCONNECT (and by stop())."""
+    """Published by the broker when the client vanishes without DISCONNECT (and by stop()).
+
+    The broker's copy is fixed at connect, so `at_stop` (when given) makes the payload stop()
+    publishes: a clean stop then says when it happened, not when the client started."""
 
     topic: str
     payload: bytes
     qos: int = 1
     retain: bool = True
+    at_stop: Callable[[], bytes] | None = None
+
+    def stop_payload(self) -> bytes:
+        return self.at_stop() if self.at_stop is not None else self.payload
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -107,14 +114,20 @@ def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
 
 def agent_will(agent: str, root: str = topics.DEFAULT_ROOT) -> Will:
     """The agent's Last Will: retained 'offline' on agents/{agent}/status."""
-    status = AgentStatus(agent=agent, state="offline", time=time.time())
-    return Will(topics.topic("agent_status", root, agent), status.to_json())
+
+    def offline() -> bytes:
+        return AgentStatus(agent=agent, state="offline", time=time.time()).to_json()
+
+    return Will(topics.topic("agent_status", root, agent), offline(), at_stop=offline)
 
 
 def trainer_will(root: str = topics.DEFAULT_ROOT) -> Will:
     """The trainer's Last Will: retained 'offline' on trainer/status."""
-    status = TrainerStatus(state="offline", time=time.time())
-    return Will(topics.topic("trainer_status", root), status.to_json())
+
+    def offline() -> bytes:
+        return TrainerStatus(state="offline", time=time.time()).to_json()
+
+    return Will(topics.topic("trainer_status", root), offline(), at_stop=offline)
 
 
 @dataclass(frozen=True)
@@ -261,7 +274,8 @@ class Link:
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Publish the Will (a clean stop says 'offline' too), disconnect, stop the threads."""
+        """Publish the Will's stop payload (a clean stop says 'offline' too, with the time of
+        the stop), disconnect, stop the threads."""
         if not self._started or self._stopped:
             self._stopped = True
             return
@@ -269,7 +283,7 @@ class Link:
         if self.will is not None and self.connected:
             w = self.will
             try:
-                self.publish(w.topic, w.payload, qos=w.qos, retain=w.retain, timeout_s=2.0)
+                self.publish(w.topic, w.stop_payload(), qos=w.qos, retain=w.retain, timeout_s=2.0)
             except LinkError as err:
                 logger.warning("could not publish the offline status on stop: %s", err)
         self._client.disconnect()

@@ -158,6 +158,7 @@ class AgentStatus(Message):
     fps: float = 0.0
     last_cycle: float | None = None
     outbox_backlog: int = 0
+    storage_error: str | None = None  # why capture is paused (the pool cannot store), if it is
 
     def __post_init__(self) -> None:
         check_agent_id(self.agent)
@@ -210,17 +211,45 @@ class Event(Message):
         self._require(bool(_NAME.match(self.kind)), "kind", "must be a short name")
 
 
-# action -> {parameter: type}. Every parameter is optional; unknown ones are refused.
-COMMAND_PARAMS: dict[str, dict[str, type]] = {
-    "trigger_cycle": {"k": int},
-    "set_query": {"k": int, "beta": float, "strategy": str},
+@dataclass(frozen=True)
+class Param:
+    """One command parameter: its JSON type and the range (numbers) or length (strings) it
+    must keep, so a value no cycle could run with is refused before the agent acknowledges it."""
+
+    type: type
+    low: float | None = None
+    high: float | None = None
+    max_len: int = 64
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with a value that already has the right type, or None."""
+        if isinstance(value, str):
+            too_long = len(value) > self.max_len
+            return f"must be at most {self.max_len} characters" if too_long else None
+        if self.low is not None and value < self.low:
+            return f"must be >= {self.low:g}, got {value!r}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high:g}, got {value!r}"
+        return None
+
+
+# Upper bounds of the query settings: far above any real pool, far below what overflows.
+QUERY_K_MAX = 100_000
+QUERY_BETA_MAX = 100.0
+_K = Param(int, 1, QUERY_K_MAX)
+
+# action -> {parameter: Param}. Every parameter is optional; unknown ones are refused.
+COMMAND_PARAMS: dict[str, dict[str, Param]] = {
+    "trigger_cycle": {"k": _K},
+    "set_query": {"k": _K, "beta": Param(float, 1.0, QUERY_BETA_MAX), "strategy": Param(str)},
     "rescore": {},
 }
 
 
 @dataclass(frozen=True)
 class Command(Message):
-    """Operator/trainer -> agent. The agent answers with an Event kind 'command_result'."""
+    """Operator/trainer -> agent. The agent answers with an Event kind 'command_result', also
+    when it refuses the command (`readable_id` finds whom to answer)."""
 
     id: str
     action: str
@@ -234,13 +263,27 @@ class Command(Message):
             raise _fail(type(self), "action", f"must be one of {sorted(COMMAND_PARAMS)}")
         for key, value in self.params.items():
             self._require(key in allowed, f"params.{key}", f"allowed: {sorted(allowed)}")
-            _coerce_scalar(type(self), f"params.{key}", value, allowed[key])
-        self._require(self.params.get("k", 1) > 0, "params.k", "must be > 0")
-        self._require(self.params.get("beta", 1.0) >= 1.0, "params.beta", "must be >= 1")
+            param = allowed[key]
+            value = _coerce_scalar(type(self), f"params.{key}", value, param.type)
+            problem = param.problem(value)
+            self._require(problem is None, f"params.{key}", problem or "")
 
     @classmethod
     def new(cls, action: str, **params: Any) -> Command:
         return cls(id=uuid.uuid4().hex, action=action, time=now(), params=params)
+
+    @staticmethod
+    def readable_id(payload: bytes | str) -> str | None:
+        """The id of a payload that is not a valid Command, when one can still be read (NaN and
+        Infinity allowed here), so the refusal can be answered; None when there is none."""
+        if len(payload) > MAX_JSON_BYTES:
+            return None
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        ident = obj.get("id") if isinstance(obj, dict) else None
+        return ident if isinstance(ident, str) and _NAME.match(ident) else None
 
 
 @dataclass(frozen=True)
@@ -336,6 +379,11 @@ class Ack(Message):
     @property
     def ok(self) -> bool:
         return self.status != "rejected"
+
+
+# A manifest meta key: true when the model is meant to have other class names than the one it
+# replaces (agents refuse such a model otherwise). Signed like all of meta.
+META_CLASSES_CHANGED = "classes_changed"
 
 
 @dataclass(frozen=True)

@@ -51,11 +51,9 @@ def generate_keypair(
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    # atomic_write_bytes writes through mkstemp, which creates the file 0600 before any byte lands.
-    atomic_write_bytes(private_path, private_pem)
-    os.chmod(private_path, 0o600)
-    atomic_write_bytes(public_path, public_pem)
-    os.chmod(public_path, 0o644)
+    # The mode is set before any byte lands: the private key is never readable by others.
+    atomic_write_bytes(private_path, private_pem, mode=0o600)
+    atomic_write_bytes(public_path, public_pem, mode=0o644)
     return key_id(key.public_key())
 
 

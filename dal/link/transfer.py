@@ -211,6 +211,13 @@ class TransferAssembler:
     durable before it returns (os.replace into its store + a folder fsync is enough);
     `has(sample_id)` says whether it is already stored. Both run on the caller's thread. Methods
     return the Ack to send back, or None while the transfer is incomplete.
+
+    Bounds, so that one agent cannot stop ingest for the others: each agent has at most
+    `max_partials` unfinished transfers (more are refused until one completes or expires), of
+    which at most `max_headerless` may still wait for their header; chunks of another
+    headerless transfer push out that agent's oldest one, and a headerless transfer expires
+    after `headerless_after_s` (a real header follows its chunks within moments).
+    `max_total_partials` caps all agents together.
     """
 
     def __init__(
@@ -220,7 +227,10 @@ class TransferAssembler:
         has: HasFn,
         stale_after_s: float = 600.0,
         max_transfer_bytes: int = 512 << 20,
-        max_partials: int = 256,
+        max_partials: int = 32,
+        max_headerless: int = 4,
+        headerless_after_s: float = 10.0,
+        max_total_partials: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spool_dir = Path(spool_dir)
@@ -230,6 +240,9 @@ class TransferAssembler:
         self.stale_after_s = stale_after_s
         self.max_transfer_bytes = max_transfer_bytes
         self.max_partials = max_partials
+        self.max_headerless = max(1, min(max_headerless, max_partials))
+        self.headerless_after_s = headerless_after_s
+        self.max_total_partials = max_total_partials
         self._clock = clock
         self._partials: dict[tuple[str, bytes], _Partial] = {}
         self._done: OrderedDict[tuple[str, bytes], None] = OrderedDict()  # recently completed
@@ -240,6 +253,7 @@ class TransferAssembler:
             "rejected": 0,
             "expired": 0,
             "dropped_chunks": 0,
+            "headerless_dropped": 0,
         }
         self._clear_spool()
 
@@ -271,11 +285,11 @@ class TransferAssembler:
                 self._drop(key, remember=True)
                 self.stats["duplicates"] += 1
                 return Ack(header.sample_id, "duplicate", now())
-            partial = self._partial(key, header.chunk_count)
+            partial = self._partial(key, header.chunk_count, with_header=True)
             if partial.count != header.chunk_count:
                 logger.info("transfer %s changed chunking; starting it again", header.sample_id)
                 self._drop(key, remember=False)
-                partial = self._partial(key, header.chunk_count)
+                partial = self._partial(key, header.chunk_count, with_header=True)
             partial.header = header
             self._prune_geometry(partial)
             return self._complete_if_ready(key, partial)
@@ -292,7 +306,7 @@ class TransferAssembler:
         with self._lock:
             if key in self._done:
                 return None  # late duplicate of a stored transfer
-            partial = self._partial(key, chunk.count)
+            partial = self._partial(key, chunk.count, with_header=False)
             if chunk.count != partial.count or not self._fits(partial.header, chunk):
                 self.stats["dropped_chunks"] += 1
                 raise LinkError(f"chunk {chunk.index}/{chunk.count} does not fit its transfer")
@@ -302,10 +316,10 @@ class TransferAssembler:
             return self._complete_if_ready(key, partial)
 
     def expire(self) -> int:
-        """Drop partial transfers idle for longer than stale_after_s; return how many."""
-        limit = self._clock() - self.stale_after_s
+        """Drop partial transfers idle for longer than stale_after_s (headerless ones: longer
+        than headerless_after_s); return how many."""
         with self._lock:
-            stale = [key for key, p in self._partials.items() if p.touched < limit]
+            stale = [key for key, p in self._partials.items() if self._is_stale(p)]
             for key in stale:
                 self._drop(key, remember=False)
         self.stats["expired"] += len(stale)
@@ -319,14 +333,40 @@ class TransferAssembler:
 
     # -- internals (called with the lock held) -------------------------------------------------
 
-    def _partial(self, key: tuple[str, bytes], count: int) -> _Partial:
+    def _is_stale(self, partial: _Partial) -> bool:
+        idle = self._clock() - partial.touched
+        return idle > (self.stale_after_s if partial.header else self.headerless_after_s)
+
+    def _make_room(self, agent: str, with_header: bool) -> None:
+        """Room for one more transfer of `agent`, or LinkError; see the class docstring."""
+        now = self._clock()
+        for key, partial in list(self._partials.items()):
+            late = now - partial.touched > self.headerless_after_s
+            if key[0] == agent and partial.header is None and late:
+                self._drop(key, remember=False)
+                self.stats["expired"] += 1
+        mine = {k: p for k, p in self._partials.items() if k[0] == agent}
+        waiting = sorted((p.touched, k) for k, p in mine.items() if p.header is None)
+        if not with_header and len(waiting) >= self.max_headerless:
+            oldest = waiting[0][1]  # the least likely to be a real transfer
+            self._drop(oldest, remember=False)
+            del mine[oldest]
+            self.stats["headerless_dropped"] += 1
+        if len(mine) >= self.max_partials:
+            raise LinkError(
+                f"agent {agent} has {len(mine)} transfers in progress; dropping a new one",
+                hint="it sends more at once than max_partials allows; wait for acks",
+            )
+        if len(self._partials) >= self.max_total_partials:
+            raise LinkError(
+                f"{len(self._partials)} transfers in progress from all agents; dropping a new one",
+                hint="raise max_total_partials or lower stale_after_s",
+            )
+
+    def _partial(self, key: tuple[str, bytes], count: int, with_header: bool) -> _Partial:
         partial = self._partials.get(key)
         if partial is None:
-            if len(self._partials) >= self.max_partials:
-                raise LinkError(
-                    f"{len(self._partials)} transfers already in progress; dropping a new one",
-                    hint="raise max_partials or lower stale_after_s",
-                )
+            self._make_room(key[0], with_header)
             self._done.pop(key, None)
             path = self.spool_dir / f"{key[0]}-{key[1].hex()}.part"
             partial = _Partial(path=path, count=count)
