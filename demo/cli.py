@@ -33,7 +33,11 @@ from dal.trainer.device import add_device_arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `dal demo`; the plan's counts can each be overridden."""
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    parser.add_argument("--fast", action="store_true", help="tiny counts, 1-2 epochs (~4 min)")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="tiny counts, 1-2 epochs: the plumbing in 1-2 min, AP near 0",
+    )
     parser.add_argument(
         "--offline", action="store_true", help="no broker/agent/trainer, procedural images"
     )
