@@ -420,8 +420,8 @@ def render_toml(config: Any, *, title: str | None = None, env_prefix: str | None
         out.extend(_comment(title))
     out.extend(
         _comment(
-            f"Generated from {cls.__module__}.{cls.__qualname__}; every key is "
-            "optional and shows its default."
+            f"Generated from {cls.__module__}.{cls.__qualname__}; every key is optional and "
+            + ("shows its default." if isinstance(config, type) else "shows this config's value.")
         )
     )
     if prefix:

@@ -11,7 +11,8 @@ Default (networked): the whole system on CPU, no camera, no external broker.
 4. each cycle: an MQTT command makes the agent query its pool (DBAL), ship the picks; the oracle
    labels them; the trainer fine-tunes, gates, publishes; the agent verifies the signature,
    hot-swaps the model and re-scores its pool before the next cycle.
-Writes results.json, ap_vs_labels.png and cycleN-picks.jpg (the picks with their labels).
+Writes results.json, ap_vs_labels.png and cycleN-picks.jpg (the picks with their labels), and
+agent.toml + trainer.toml, so `dal agent status`, `dal models list` and `dal monitor` work on it.
 
 `--offline`: the same loop without network, broker or Blender (procedural images, direct calls).
 """
@@ -70,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="base model epochs")
     parser.add_argument("--cycle-epochs", type=int, help="fine-tune epochs per cycle")
     parser.add_argument("--samples", type=int, help="Cycles samples per pixel")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the cycles keep broker, trainer and agent up until Ctrl-C, for dal monitor",
+    )
     parser.add_argument("--verbose", action="store_true", help="log INFO from every component")
 
 
@@ -85,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         raise DalError(
             f"--pool {plan.pool} is too small for {args.cycles} cycles of k={args.k}",
             hint="raise --pool or lower --k/--cycles",
+        )
+    if args.offline and args.keep_running:
+        raise DalError(
+            "--keep-running keeps the broker, trainer and agent up: the offline demo has none",
+            hint="drop --offline or --keep-running",
         )
     if args.offline:
         run_offline(args.out, plan, args.cycles, args.k, args.strategy, args.seed)

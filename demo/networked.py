@@ -17,6 +17,7 @@ from dal.demo.baseline import random_baseline
 from dal.demo.configs import agent_config, trainer_config
 from dal.demo.cycle import run_cycle
 from dal.demo.data import DemoFiles, make_data, make_keys
+from dal.demo.installation import print_next_steps, wait_until_stopped, write_configs
 from dal.demo.plan import DemoPlan
 from dal.demo.running import EventWatch, Running
 from dal.demo.sheets import write_results
@@ -54,11 +55,20 @@ def run_networked(out: Path, plan: DemoPlan, args: argparse.Namespace) -> dict:
         )
         doc = _results(running, args, history, random_rows, started)
         write_results(out, doc, "dal demo: agent + trainer over MQTT, DBAL cycles")
+        _say_done(out, started)
+        if args.keep_running:
+            print_next_steps(out, services_running=True)
+            wait_until_stopped(running.health)
+    if not args.keep_running:
+        print_next_steps(out, services_running=False)
+    return doc
+
+
+def _say_done(out: Path, started: float) -> None:
     say(
         f"done in {time.perf_counter() - started:.0f} s: {out / 'ap_vs_labels.png'}, "
         f"{out / 'results.json'}, picks in {out}/cycle*-picks.jpg"
     )
-    return doc
 
 
 @contextlib.contextmanager
@@ -95,7 +105,9 @@ def _services(
             link = Link(operator).start(15)
             stops.callback(_stop_quietly, link.stop)
             events = EventWatch(link, AGENT_ID)
-            agent = AgentDaemon(agent_config(out, broker, m0_record.onnx, files, args))
+            agent_settings = agent_config(out, broker, m0_record.onnx, files, args)
+            write_configs(out, config, agent_settings, broker)
+            agent = AgentDaemon(agent_settings)
             say(
                 f"stage 6/6: agent {AGENT_ID} replaying {plan.pool} workbench frames "
                 "(folder source)"

@@ -60,3 +60,25 @@ def test_demo_runs_two_networked_cycles(tmp_path: Path) -> None:
     assert doc["random"][0]["AP"] == doc["cycles"][0]["AP"]
     assert (out / "ap_vs_labels.png").stat().st_size > 0
     assert (out / "cycle1-picks.jpg").is_file() and (out / "cycle2-picks.jpg").is_file()
+    _check_left_installation(out, doc)
+
+
+def _dal(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dal.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def _check_left_installation(out: Path, doc: dict) -> None:
+    """The configs the demo leaves make the operator's tools work on its folder."""
+    status = _dal("agent", "status", "--config", str(out / "agent.toml"), "--json")
+    assert status.returncode == 3, status.stderr  # 3 = not running, like systemctl status
+    daemon = json.loads(status.stdout)["daemon"]
+    assert daemon["agent"] == "bench1"
+    assert daemon["model"]["version"] == doc["agent_model_version"]
+    models = _dal("models", "list", "--config", str(out / "trainer.toml"), "--json")
+    assert models.returncode == 0, models.stderr
+    rows = json.loads(models.stdout)
+    current = [row for row in rows if row["state"] == "current"]
+    assert [row["version"] for row in current] == [doc["agent_model_version"]]
+    assert {row["version"] for row in rows} >= {doc["m0_version"]}
