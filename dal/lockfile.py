@@ -1,4 +1,5 @@
-"""One process per data folder: an exclusive flock on a lock file that names its holder's pid.
+"""One process per data folder: an exclusive flock on a lock file that names its holder's pid;
+and `held_if_free`, the same lock taken only when nobody holds it (one fine-tune job at a time).
 
 Two agents on one data folder would share a pool database and a broker client id, and knock
 each other off the broker in turn. The lock is taken before anything else is opened and held
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from dal.errors import ConfigError
@@ -28,18 +30,18 @@ class PidLock:
     def acquire(self) -> PidLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            taken = _try_flock(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if not taken:
             holder = _read_pid(fd)
             os.close(fd)
             who = f"pid {holder}" if holder else "another process"
             raise ConfigError(
                 f"another {self.what} ({who}) already runs on {self.path.parent}",
                 hint=f"stop it first, or give this one a data folder of its own ({self.path})",
-            ) from None
-        except OSError:
-            os.close(fd)
-            raise
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -51,6 +53,30 @@ class PidLock:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+@contextlib.contextmanager
+def held_if_free(path: Path) -> Iterator[bool]:
+    """Hold an exclusive flock on `path` for the block if nobody holds it; yields whether it
+    was taken (the caller skips its work when not)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        taken = _try_flock(fd)
+        try:
+            yield taken
+        finally:
+            if taken:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _read_pid(fd: int) -> int | None:

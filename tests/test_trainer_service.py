@@ -20,6 +20,7 @@ from trainer_samples import sample_header
 
 from dal import config as cfg
 from dal.coco import load_coco
+from dal.errors import ConfigError
 from dal.fileio import sha256_file
 from dal.link import Ack, AckWaiter, ModelDownloader, TrainerStatus, TransferSender
 from dal.link.chunks import KIND_SAMPLE, encode_chunk
@@ -113,6 +114,20 @@ def test_restarted_mid_ingest_nothing_lost_nothing_twice(broker, make_link, tmp_
         assert store.counts().samples == 10
     finally:
         second.stop()
+
+
+def test_second_service_on_one_data_folder_is_refused(broker, tmp_path: Path) -> None:
+    """Two services on one folder would share a store and a broker client id: the second is a
+    start-up error naming the first's pid; once the first stops, the folder is free again."""
+    config = trainer_config(tmp_path / "data", broker.port)
+    first = TrainerService(config).start(wait_connected_s=10)
+    try:
+        with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
+            TrainerService(config).start(wait_connected_s=10)
+        assert first.healthy() and first.store.counts().samples == 0  # the first one runs on
+    finally:
+        first.stop()
+    TrainerService(config).start(wait_connected_s=10).stop()
 
 
 @pytest.mark.timeout(600)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from dal.errors import ConfigError, DalError, DatasetError, ModelError
 from dal.fileio import atomic_write_json, sha256_file
 from dal.link import build_manifest
 from dal.link.signing import key_id, load_private_key
+from dal.lockfile import held_if_free
 from dal.trainer.config import TrainerConfig, optional_path, resolve_path
 from dal.trainer.registry import ModelRecord, Registry
 from dal.trainer.store import SampleStore
@@ -143,16 +143,8 @@ def last_trained_revision(registry: Registry) -> int:
 def job_lock(folder: Path) -> Iterator[bool]:
     """Hold the one-job-at-a-time lock if free; yields whether it was taken."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with held_if_free(folder / ".lock") as free:
+        yield free
 
 
 def real_dataset(

@@ -38,6 +38,7 @@ from dal.link import (
     trainer_will,
 )
 from dal.link.topics import TOPICS
+from dal.lockfile import PidLock
 from dal.notify import Notifier
 from dal.trainer import jobs
 from dal.trainer.config import TrainerConfig, optional_path, resolve_path
@@ -48,6 +49,7 @@ from dal.trainer.store import SampleStore
 logger = logging.getLogger(__name__)
 
 TICK_S = 1.0
+LOCK_FILE = "trainer.lock"  # in [trainer] data_dir, held while the service runs
 ORACLE_BATCH = 64
 EXPIRE_EVERY_S = 30.0
 STALE_HEARTBEAT_S = 60.0
@@ -78,6 +80,7 @@ class TrainerService:
         self._expired_at = time.monotonic()
         self._heartbeat = time.monotonic()
         self._threads: list[threading.Thread] = []
+        self._lock: PidLock | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -108,6 +111,9 @@ class TrainerService:
         """The databases, the current model (released), the oracle: all before connecting."""
         cfg = self.config
         cfg.trainer.data_dir.mkdir(parents=True, exist_ok=True)
+        # before anything opens: two services on one folder would ingest into one store and
+        # knock each other off the broker under one client id
+        self._lock = PidLock(cfg.trainer.data_dir / LOCK_FILE, "trainer service").acquire()
         self.store = SampleStore(resolve_path(cfg, cfg.ingest.dir), cfg.ingest.synchronous)
         self.store.sweep()
         self.registry = Registry(resolve_path(cfg, cfg.models.dir))
@@ -160,6 +166,8 @@ class TrainerService:
         for db in (self.store, self.registry):
             if db is not None:
                 db.close()
+        if self._lock is not None:
+            self._lock.release()
         logger.info("trainer service stopped")
 
     def __enter__(self) -> TrainerService:
