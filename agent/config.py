@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from dal import config as cfg
+from dal.agent.homeassistant import HomeAssistantSection
 from dal.agent.providers import DEFAULT_PROVIDERS
 from dal.agent.source_config import SourceConfig
 from dal.config import doc
 from dal.errors import ConfigError, LinkError
 from dal.link.messages import QUERY_BETA_MAX, QUERY_K_MAX
 from dal.link.settings import MqttSection
+from dal.metrics_http import MetricsSection
 from dal.scoring import AGGREGATES, METHODS
 from dal.strategies import STRATEGIES
 
@@ -400,6 +402,14 @@ class AgentConfig:
     supervisor: SupervisorConfig = field(
         default_factory=SupervisorConfig,
         metadata=doc("Worker supervision, systemd watchdog and the status file."),
+    )
+    metrics: MetricsSection = field(
+        default_factory=MetricsSection,
+        metadata=doc("Prometheus metrics over HTTP (docs/metrics.md)."),
+    )
+    homeassistant: HomeAssistantSection = field(
+        default_factory=HomeAssistantSection,
+        metadata=doc("Home Assistant MQTT discovery of the agent's status (docs/metrics.md)."),
     )
 
 

@@ -36,6 +36,8 @@ from dal.agent.commands import Commands
 from dal.agent.config import AgentConfig, QueryConfig, agent_id, resolve_path
 from dal.agent.cycle import CycleTrigger
 from dal.agent.cycle_worker import CycleWorker
+from dal.agent.homeassistant import Discovery
+from dal.agent.metrics import start_agent_metrics
 from dal.agent.model_store import ModelStore
 from dal.agent.model_update import ActiveModel, ModelManager, UpdateWorker
 from dal.agent.outbox import Outbox
@@ -152,6 +154,18 @@ class AgentDaemon:
             started_at=self.started_at,
             fatal=lambda: self.fatal,
         )
+        self._open_metrics(parts)
+
+    def _open_metrics(self, parts: Parts) -> None:
+        """The Prometheus endpoint ([metrics]); a taken port closes everything (exit 78)."""
+        try:
+            metrics = start_agent_metrics(parts, self.started_at)
+        except BaseException:
+            self._close_all()
+            raise
+        if metrics is not None:
+            self.pipeline.on_latency = metrics.observe_latency
+            self._closers.append(metrics.stop)
 
     def _open_storage(self) -> None:
         cfg = self.config
@@ -281,6 +295,8 @@ class AgentDaemon:
         elif cfg.update.enabled:
             logger.warning("[update] public_key is not set: pushed models will not be installed")
         self.link.on_connected(self._changed)
+        if cfg.homeassistant.discovery:
+            Discovery(self.link, self.agent, cfg.homeassistant.prefix)
         self.link.start(wait_s=None)
         self._closers.append(self.link.stop)
         if self.downloader is not None:

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +120,7 @@ class Pipeline:
         self._writes: queue.Queue[_Keep] = queue.Queue(maxsize=WRITE_QUEUE)
         self._drift_lock = threading.Lock()
         self._seen_version: str | None = None
+        self.on_latency: Callable[[float], None] | None = None  # [metrics]: the histogram
 
     # -- capture -------------------------------------------------------------------------------
 
@@ -195,6 +197,8 @@ class Pipeline:
             return False
         c.inferred += 1
         self.fps.tick()
+        if self.on_latency is not None:
+            self.on_latency(detections.latency_s)
         if model.version != self._seen_version:
             self._model_changed(model.version)
         score = self.score(detections)

@@ -69,6 +69,7 @@ class EventLog:
         self.link: Link | None = None  # set once the link is open
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
         self._pending: collections.deque[Event] = collections.deque(maxlen=PENDING_EVENTS)
+        self.counts: collections.Counter[str] = collections.Counter()  # by kind, since start
         self._lock = threading.Lock()
 
     def emit(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
@@ -80,6 +81,7 @@ class EventLog:
             data=jsonable(data or {}),
         )
         with self._lock:
+            self.counts[kind] += 1
             self.recent.append(event.to_dict())
             self._pending.append(event)
         self.flush()

@@ -87,7 +87,7 @@ class Shipper:
         self._on_settled = on_settled
         self._failures = 0
         self.wake = threading.Event()  # a cycle queued samples, or the link came back
-        self.stats = {"shipped": 0, "rejected": 0, "lost": 0, "failed_rounds": 0}
+        self.stats = {"sent": 0, "shipped": 0, "rejected": 0, "lost": 0, "failed_rounds": 0}
 
     def settle(self, ack: Ack) -> None:
         """Record an Ack (from `ship` or a late one from an earlier run); rejected samples are
@@ -150,6 +150,7 @@ class Shipper:
                 beat()
             if stop is not None and stop.is_set():
                 return False
+            self.stats["sent"] += 1
             try:
                 ack = self.sender.ship(
                     header, data, ack_timeout_s=self.ack_timeout_s, attempts=1, stop=stop

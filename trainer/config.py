@@ -19,6 +19,7 @@ from typing import ClassVar, Literal
 from dal import config as cfg
 from dal.config import doc
 from dal.link.settings import MqttSection
+from dal.metrics_http import TrainerMetricsSection
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,10 @@ class TrainerConfig:
     )
     models: ModelsSection = field(
         default_factory=ModelsSection, metadata=doc("Model registry and signing keys.")
+    )
+    metrics: TrainerMetricsSection = field(
+        default_factory=TrainerMetricsSection,
+        metadata=doc("Prometheus metrics over HTTP (docs/metrics.md)."),
     )
 
 

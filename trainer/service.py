@@ -15,6 +15,7 @@ a sample is acked as soon as the store made it durable.
 
 from __future__ import annotations
 
+import collections
 import logging
 import signal
 import threading
@@ -39,10 +40,12 @@ from dal.link import (
 )
 from dal.link.topics import TOPICS
 from dal.lockfile import PidLock
+from dal.metrics_http import MetricsServer
 from dal.notify import Notifier
 from dal.trainer import jobs
 from dal.trainer.config import TrainerConfig, optional_path, resolve_path
 from dal.trainer.labels.oracle import GroundTruthOracle
+from dal.trainer.metrics import start_trainer_metrics
 from dal.trainer.registry import Registry
 from dal.trainer.store import SampleStore
 
@@ -81,6 +84,9 @@ class TrainerService:
         self._heartbeat = time.monotonic()
         self._threads: list[threading.Thread] = []
         self._lock: PidLock | None = None
+        self.job_outcomes: collections.Counter[str] = collections.Counter()  # metrics
+        self.models_published = 0
+        self._metrics_server: MetricsServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -93,6 +99,11 @@ class TrainerService:
             self.stop(timeout_s=1.0)
             raise
         self._connect()
+        try:
+            self._metrics_server = start_trainer_metrics(self)
+        except BaseException:
+            self.stop(timeout_s=1.0)
+            raise
         for name, target in (("housekeeping", self._housekeeping), ("jobs", self._job_loop)):
             thread = threading.Thread(target=target, name=f"trainer-{name}", daemon=True)
             thread.start()
@@ -154,6 +165,8 @@ class TrainerService:
         a fine-tune job is still running (it is abandoned; the next start marks it failed)."""
         self._stop.set()
         self._job_wanted.set()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
@@ -221,6 +234,7 @@ class TrainerService:
             return
         try:
             self.publisher.publish(current.onnx, current.manifest)
+            self.models_published += 1
             logger.info("published model %s", current.version)
         except LinkError as err:
             # the publisher keeps it and publishes again after the next connect
@@ -241,6 +255,10 @@ class TrainerService:
     def job_running(self) -> bool:
         return self._job_running.is_set()
 
+    @property
+    def job_queued(self) -> bool:
+        return self._job_wanted.is_set() and not self._stop.is_set()
+
     def _run_job(self, force: bool) -> jobs.JobResult:
         self._job_running.set()
         try:
@@ -249,6 +267,7 @@ class TrainerService:
         finally:
             self._job_running.clear()
         self.last_job = result
+        self.job_outcomes[result.outcome] += 1
         if result.outcome == jobs.PROMOTED:
             self._sync_published()
             self._publish_status(force=True)
@@ -264,8 +283,10 @@ class TrainerService:
             try:
                 self._run_job(force)
             except DalError as err:
+                self.job_outcomes["error"] += 1
                 logger.error("fine-tune job failed: %s", err)
             except Exception:
+                self.job_outcomes["error"] += 1
                 logger.exception("fine-tune job crashed")
 
     def _maybe_request_job(self) -> None:
