@@ -105,8 +105,9 @@ ENTITIES = (
 
 
 def node_id(agent: str) -> str:
-    """The agent id as a discovery topic level: HA allows only [a-zA-Z0-9_-]."""
-    return "dal_" + re.sub(r"[^A-Za-z0-9_-]", "_", agent)
+    """The agent id as a discovery topic level: HA allows only [a-zA-Z0-9_-], so a '.' becomes
+    '_'. Otherwise it is the id itself, which mosquitto's ACL can match as %u."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", agent)
 
 
 def software_version() -> str:
@@ -121,7 +122,7 @@ def discovery_configs(agent: str, status_topic: str, prefix: str) -> dict[str, d
     node = node_id(agent)
     version = software_version()
     device = {
-        "identifiers": [node],
+        "identifiers": [f"dal_{node}"],
         "name": f"dal agent {agent}",
         "manufacturer": "dal",
         "model": "dal edge agent",
@@ -138,7 +139,7 @@ def discovery_configs(agent: str, status_topic: str, prefix: str) -> dict[str, d
     configs = {}
     for e in ENTITIES:
         configs[f"{prefix}/{e.component}/{node}/{e.object_id}/config"] = {
-            "unique_id": f"{node}_{e.object_id}",
+            "unique_id": f"dal_{node}_{e.object_id}",
             "name": e.name,
             "state_topic": status_topic,
             "value_template": e.value_template,
