@@ -36,7 +36,13 @@ SKIP_REASONS = {
     "storage_paused": "storage_paused",
 }
 # The `outcome` label of dal_agent_transfers_total -> the Shipper.stats key.
-TRANSFER_OUTCOMES = {"sent": "sent", "acked": "shipped", "rejected": "rejected", "lost": "lost"}
+TRANSFER_OUTCOMES = {
+    "sent": "sent",
+    "acked": "shipped",
+    "rejected": "rejected",
+    "lost": "lost",
+    "failed": "failed_rounds",
+}
 # Seconds; a CPU inference of the real detector takes 0.05-2 s, a GPU one a few ms.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY = "dal_agent_inference_latency_seconds"
@@ -84,7 +90,7 @@ def families() -> dict[str, Metric]:
         (
             CounterMetricFamily,
             "transfers",
-            "Sample transfers: sent (attempts), acked, rejected, lost.",
+            "Sample transfers: sent (attempts), acked, rejected, lost, failed (retried later).",
             [*a, "outcome"],
         ),
         (GaugeMetricFamily, "broker_connected", "1 while the MQTT link is up.", a),
@@ -140,7 +146,7 @@ class AgentCollector:
         state = self.p.source.state
         f["source_connected"].add_metric(agent, int(state.status == "connected"))
         f["source_reconnects"].add_metric(agent, state.reconnects)
-        for kind, count in sorted(self.p.events.counts.items()):
+        for kind, count in sorted(dict(self.p.events.counts).items()):
             f["events"].add_metric([self.agent, kind], count)
 
     def _pool(self, f: dict[str, Metric]) -> None:

@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import AGENT, contract_model, recording, write_config
+from agent_helpers import AGENT, Receiver, contract_model, load, recording, write_config
 from broker import Broker, wait_until
 from metrics_scrape import (
     Scrape,
@@ -26,6 +27,8 @@ from metrics_scrape import (
 )
 
 from dal.agent import metrics as agent_metrics
+from dal.agent.daemon import AgentDaemon
+from dal.link import Link
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,11 +92,18 @@ def test_agent_serves_growing_counters_and_its_model_on_localhost(
     model = second.value("dal_agent_model_info", agent_id=AGENT, version="m1")
     assert model == 1.0 and second.labels_of("dal_agent_model_info")[0]["provider"]
     assert second.value("dal_agent_broker_connected", agent_id=AGENT) == 1.0
-    # every inference is in the histogram: its count follows the inferred counter
-    latency = second.value("dal_agent_inference_latency_seconds_count", agent_id=AGENT)
-    inferred = second.value("dal_agent_frames_inferred_total", agent_id=AGENT)
-    assert latency >= first.value("dal_agent_frames_inferred_total", agent_id=AGENT)
-    assert 0 < latency <= inferred + 1  # +1: a frame between the two reads of one scrape
+
+    # every frame inference is in the histogram. The histogram is read after the counters
+    # within one scrape (frames go on meanwhile), so its count is at least the counter then,
+    # less one frame between the count and the observation, and at most the next counter.
+    def count(s: Scrape) -> float:
+        return s.value("dal_agent_inference_latency_seconds_count", agent_id=AGENT)
+
+    def inferred(s: Scrape) -> float:
+        return s.value("dal_agent_frames_inferred_total", agent_id=AGENT)
+
+    assert count(first) >= inferred(first) - 1 and count(second) >= inferred(second) - 1
+    assert 0 < count(first) <= inferred(second)
     assert second.value("dal_agent_inference_latency_seconds_sum", agent_id=AGENT) > 0
     pooled = second.value("dal_agent_pool_samples", agent_id=AGENT, state="pooled")
     assert pooled > 0 and second.value("dal_agent_pool_bytes", agent_id=AGENT) > 0
@@ -143,3 +153,43 @@ def test_a_taken_metrics_port_is_a_config_error_exit_78(tmp_path: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("dal agent: error: [metrics] cannot listen on 127.0.0.1:")
     assert str(port) in last and "Traceback" not in result.stderr
+
+
+def test_a_cycle_and_its_shipped_samples_show_in_the_metrics(
+    tmp_path: Path, broker: Broker, make_link: Callable[..., Link]
+) -> None:
+    port = free_port()
+    model = contract_model(tmp_path / "m1.onnx", "m1")
+    config = write_config(
+        tmp_path,
+        model=model,
+        source=recording(tmp_path / "r.mkv"),
+        port=broker.port,
+        overrides={"metrics": {"enabled": True, "port": port}},
+    )
+    receiver = Receiver(make_link("trainer"), tmp_path / "trainer")
+    daemon = AgentDaemon(load(config), env={}).start()
+    try:
+        wait_until(lambda: len(daemon.pool) == 24, 30, "24 pooled frames")
+        before = scrape(port)
+        daemon.request_cycle(k=4)
+        receiver.wait_for(4, 30)
+        wait_until(lambda: daemon.outbox.backlog() == 0, 10, "every pick acked")
+        after = scrape(port)
+    finally:
+        daemon.stop()
+    assert refused(port)
+
+    def value(s: Scrape, name: str, **labels: str) -> float:
+        return s.value(name, agent_id=AGENT, **labels)
+
+    assert value(before, "dal_agent_cycles_total") == 0
+    assert value(after, "dal_agent_cycles_total") == 1
+    assert value(after, "dal_agent_events_total", kind="cycle_done") == 1
+    assert value(before, "dal_agent_transfers_total", outcome="acked") == 0
+    assert value(after, "dal_agent_transfers_total", outcome="acked") == 4
+    assert value(after, "dal_agent_transfers_total", outcome="sent") >= 4
+    assert value(after, "dal_agent_outbox_samples", status="acked") == 4
+    assert value(after, "dal_agent_outbox_backlog") == 0
+    assert value(after, "dal_agent_frames_kept_total") == 24
+    assert value(after, "dal_agent_pool_samples", state="pooled") == 20
