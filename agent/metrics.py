@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from dal.agent.sources.reconnect import CONNECTED
 from dal.errors import DalError
 from dal.metrics_http import MetricsServer, label, new_registry
 
@@ -144,7 +145,7 @@ class AgentCollector:
         f["capture_paused"].add_metric(agent, int(pipeline.storage.paused))
         f["drift_detected"].add_metric(agent, int(bool(pipeline.drift.last.drift)))
         state = self.p.source.state
-        f["source_connected"].add_metric(agent, int(state.status == "connected"))
+        f["source_connected"].add_metric(agent, int(state.status == CONNECTED))
         f["source_reconnects"].add_metric(agent, state.reconnects)
         for kind, count in sorted(dict(self.p.events.counts).items()):
             f["events"].add_metric([self.agent, kind], count)
