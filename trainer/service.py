@@ -15,6 +15,7 @@ a sample is acked as soon as the store made it durable.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -78,6 +79,7 @@ class TrainerService:
         self._expired_at = time.monotonic()
         self._heartbeat = time.monotonic()
         self._threads: list[threading.Thread] = []
+        self.label_server = None  # the Label Studio ML backend, with [labelstudio] enabled
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -121,6 +123,12 @@ class TrainerService:
                 optional_path(cfg, cfg.labels.oracle_images),
                 cfg.labels.oracle_max_pixel_diff,
             )
+        if cfg.labelstudio.enabled:
+            from dal.trainer.labels.ls_server import label_server
+
+            on_train = functools.partial(self.request_finetune, False)
+            self.label_server = label_server(cfg.labelstudio, self.store, self.registry, on_train)
+            self.label_server.start()
 
     def _connect(self) -> None:
         cfg = self.config
@@ -153,6 +161,8 @@ class TrainerService:
             thread.join(max(0.1, deadline - time.monotonic()))
         if self.link is not None:
             self.link.stop()
+        if self.label_server is not None:
+            self.label_server.stop()
         busy = any(t.is_alive() for t in self._threads)
         if busy:
             logger.warning("a fine-tune job is still running; abandoning it")
