@@ -57,6 +57,7 @@ class Live:
     classes: tuple[str, ...]
     config: str
     tasks: list[dict[str, Any]]
+    settings: LabelStudioSection
     auth: str | None = None
 
     @property
@@ -98,7 +99,7 @@ def _live(tmp_path: Path, tiny_model: Any, **settings: Any) -> Iterator[Live]:
         task.update(id=100 + n, meta={}, project=PROJECT["id"], is_labeled=False, inner_id=n + 1)
         task.pop("predictions", None)
     try:
-        yield Live(server, store, classes, config, tasks)
+        yield Live(server, store, classes, config, tasks, section)
     finally:
         server.stop()
         store.close()
@@ -289,6 +290,29 @@ def test_task_image_urls_from_the_export_load_from_the_backend(guarded: Live) ->
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(forged, timeout=30)
     assert err.value.code == 401
+
+
+def test_the_live_export_writes_task_urls_the_backend_serves(guarded: Live, tmp_path: Path) -> None:
+    settings = guarded.settings
+    config = tmp_path / "trainer.toml"
+    config.write_text(
+        f'[trainer]\ndata_dir = "{tmp_path}"\n[ingest]\ndir = "{guarded.store.folder}"\n'
+        f'[models]\ndir = "{tmp_path / "models"}"\n'
+        f'[labelstudio]\npublic_url = "{guarded.url}"\n'
+        f'basic_auth_user = "{settings.basic_auth_user}"\n'
+        f'basic_auth_pass_file = "{settings.basic_auth_pass_file}"\n'
+    )
+    out = tmp_path / "ls"
+    args = ["label", "export", "--config", str(config), "--format", "labelstudio", "--live"]
+    assert main([*args, "--images", "none", "--out", str(out)]) == 0
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert len(tasks) == 3
+    for task in tasks:
+        sample = guarded.store.get(task["data"]["dal_sample_id"])
+        with urllib.request.urlopen(task["data"]["image"], timeout=30) as response:
+            assert response.read() == sample.path.read_bytes()
+    status, body = call(guarded, "/predict", _predict_body(guarded, tasks))
+    assert status == 200 and len(body["results"]) == 3
 
 
 # -- labels by webhook -------------------------------------------------------------------------

@@ -132,8 +132,10 @@ class LabelStudioBackend:
 
     # -- labels --------------------------------------------------------------------------------
 
-    def _labels(self, pairs: list[tuple[Any, Any]], project: str, config: Any, field: str):
-        """Every pair checked, then (sample ids, labels to store, sample ids skipped)."""
+    def _labels(
+        self, pairs: list[tuple[Any, Any]], project: str, config: Any, field: str
+    ) -> tuple[dict[str, Label], list[str]]:
+        """Every pair checked first: (labels to store by sample id, sample ids skipped)."""
         classes = self._classes()
         interface = self.interfaces.get(config, project, classes)
         labels: dict[str, Label] = {}
@@ -149,7 +151,8 @@ class LabelStudioBackend:
                 labels[sample_id] = label  # the latest annotation of a task wins
         return labels, skipped
 
-    def _store(self, labels: dict[str, Label], skipped: list[str], project: str) -> dict:
+    def _store(self, labels: dict[str, Label], skipped: list[str], project: str) -> dict[str, Any]:
+        """One transaction for all labels of the request, so a batch is all or nothing."""
         revision = self.store.set_labels(labels.values()) if labels else self.store.label_revision()
         cancelled = self._cancelled(skipped, project)
         if labels:
