@@ -25,7 +25,8 @@ from dal.trainer.labels.ls_annotations import (
     annotation_source,
     pair_annotations,
 )
-from dal.trainer.labels.ls_model import CurrentModel
+from dal.trainer.labels.ls_config import ProjectInterface
+from dal.trainer.labels.ls_model import Boxes, CurrentModel
 from dal.trainer.labels.ls_tasks import (
     Interfaces,
     RequestError,
@@ -45,6 +46,33 @@ DELETE_EVENTS = ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
 TRAIN_EVENTS = ("START_TRAINING",)
 
 Reply = tuple[int, Any]
+
+
+def predicted_regions(
+    found: Boxes, interface: ProjectInterface, width: int, height: int
+) -> list[dict[str, Any]]:
+    """The model's boxes as the project's rectanglelabels regions, clipped to the image."""
+    regions: list[dict[str, Any]] = []
+    for box, name, score in zip(found.boxes, found.classes, found.scores, strict=True):
+        x1, y1 = max(0.0, float(box[0])), max(0.0, float(box[1]))
+        x2, y2 = min(float(width), float(box[2])), min(float(height), float(box[3]))
+        if name not in interface.to_ls or x2 <= x1 or y2 <= y1:
+            continue  # a class the project does not label, or a box off the image
+        label = interface.to_ls[name]
+        score = round(float(score), 5)
+        regions.append(
+            ls_region(
+                (x1, y1, x2, y2),
+                label,
+                width,
+                height,
+                len(regions),
+                score,
+                interface.from_name,
+                interface.to_name,
+            )
+        )
+    return regions
 
 
 class LabelStudioBackend:
@@ -107,25 +135,7 @@ class LabelStudioBackend:
             except DalError as err:
                 raise RequestError(503, str(err.args[0]), err.hint) from None
             version = found.version
-            w, h = int(sample.width), int(sample.height)
-            regions = []
-            for box, name, score in zip(found.boxes, found.classes, found.scores, strict=True):
-                x1, y1 = max(0.0, float(box[0])), max(0.0, float(box[1]))
-                x2, y2 = min(float(w), float(box[2])), min(float(h), float(box[3]))
-                if name not in interface.to_ls or x2 <= x1 or y2 <= y1:
-                    continue  # a class the project does not label, or a box off the image
-                regions.append(
-                    ls_region(
-                        (x1, y1, x2, y2),
-                        interface.to_ls[name],
-                        w,
-                        h,
-                        len(regions),
-                        round(float(score), 5),
-                        interface.from_name,
-                        interface.to_name,
-                    )
-                )
+            regions = predicted_regions(found, interface, int(sample.width), int(sample.height))
             score = max((r["score"] for r in regions), default=0.0)
             results.append({"result": regions, "score": score, "model_version": version})
         return 200, {"results": results, "model_version": version}
