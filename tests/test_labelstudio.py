@@ -105,6 +105,8 @@ def test_predict_refuses_unknown_tasks_and_malformed_bodies(live: Live) -> None:
     assert call(live, "/predict", {**predict_body(live, []), "tasks": "all"})[0] == 400
     assert call(live, "/predict", raw=b"{not json")[0] == 400
     assert call(live, "/predict", raw=b"[1, 2]")[0] == 400
+    assert call(live, "/predict", raw=b"[" * 100_000 + b"]" * 100_000)[0] == 400
+    assert call(live, "/health")[0] == 200  # and it still serves
 
 
 def test_task_image_urls_from_the_export_load_from_the_backend(guarded: Live) -> None:

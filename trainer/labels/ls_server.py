@@ -135,6 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as err:
             raise RequestError(400, f"body is not JSON: {err}") from None
+        except RecursionError:
+            raise RequestError(400, "body is JSON nested too deep") from None
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -172,6 +174,10 @@ class _Handler(BaseHTTPRequestHandler):
         except DalError as err:
             logger.warning("Label Studio %s failed: %s", path, err)
             self._json(500, {"status": "error", "error": str(err)})
+            return
+        except Exception:  # a bug: answer, log it, and keep serving the other requests
+            logger.exception("Label Studio %s crashed", path)
+            self._json(500, {"status": "error", "error": "internal error (see the trainer log)"})
             return
         self._json(status, payload)
 
