@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -170,6 +172,24 @@ def test_a_public_address_without_basic_auth_is_refused(tmp_path: Path) -> None:
     assert main(["label", "serve", "--config", str(config)]) == 78
     store.close()
     registry.close()
+
+
+def test_dal_label_serve_answers_until_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "trainer.toml"
+    config.write_text(f'[trainer]\ndata_dir = "{tmp_path}"\n[labelstudio]\nport = 0\n')
+    command = [sys.executable, "-m", "dal.cli", "label", "serve", "--config", str(config)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = line.split(" on ", 1)[1].split()[0]
+        with urllib.request.urlopen(url + "/health", timeout=30) as response:
+            assert json.loads(response.read())["status"] == "UP"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_half_a_credential_is_a_config_error(tmp_path: Path) -> None:

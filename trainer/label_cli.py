@@ -145,7 +145,8 @@ def _serve(config: TrainerConfig, args: argparse.Namespace) -> int:
             print(f"dal label: error: {err}", file=sys.stderr)
             return EX_CONFIG
         server.start()
-        print(f"Label Studio ML backend on {server.url} (model {server.backend.model.version()})")
+        version = server.backend.model.version()
+        print(f"Label Studio ML backend on {server.url} (model {version})", flush=True)
         try:
             stop.wait()
         finally:
