@@ -15,7 +15,6 @@ a sample is acked as soon as the store made it durable.
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import threading
@@ -66,6 +65,7 @@ class TrainerService:
         self.publisher: ModelPublisher | None = None
         self.assembler: TransferAssembler | None = None
         self.oracle: GroundTruthOracle | None = None
+        self.label_server = None  # the Label Studio ML backend, with [labelstudio] enabled
         self.last_job: jobs.JobResult | None = None
         self._ctx: jobs.JobContext | None = None
         self._stop = threading.Event()
@@ -79,7 +79,6 @@ class TrainerService:
         self._expired_at = time.monotonic()
         self._heartbeat = time.monotonic()
         self._threads: list[threading.Thread] = []
-        self.label_server = None  # the Label Studio ML backend, with [labelstudio] enabled
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -126,8 +125,9 @@ class TrainerService:
         if cfg.labelstudio.enabled:
             from dal.trainer.labels.ls_server import label_server
 
-            on_train = functools.partial(self.request_finetune, False)
-            self.label_server = label_server(cfg.labelstudio, self.store, self.registry, on_train)
+            self.label_server = label_server(
+                cfg.labelstudio, self.store, self.registry, self._label_studio_train
+            )
             self.label_server.start()
 
     def _connect(self) -> None:
@@ -233,6 +233,10 @@ class TrainerService:
     def run_finetune(self, force: bool = True) -> jobs.JobResult:
         """Run a fine-tune job now in the caller's thread and publish a promoted model."""
         return self._run_job(force)
+
+    def _label_studio_train(self) -> None:
+        """Label Studio's /train or START_TRAINING: a job if labels changed since the last."""
+        self.request_finetune(force=False)
 
     def request_finetune(self, force: bool = True) -> None:
         """Ask the job thread to run a job soon (returns at once)."""
