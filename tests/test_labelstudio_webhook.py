@@ -24,6 +24,7 @@ from labelstudio_live import (
 )
 
 from dal.trainer.jobs import real_dataset
+from dal.trainer.store import Label
 
 
 @pytest.fixture
@@ -156,3 +157,26 @@ def test_oversized_bodies_are_refused_before_they_are_read(tmp_path: Path, tiny_
         assert response.status == 413 and "limit" in json.loads(response.read())["error"]
         conn.close()
         assert server.store.labels() == {}
+
+
+def test_a_skipped_annotation_removes_the_label_it_made_and_leaves_imports_alone(
+    live: Live,
+) -> None:
+    task = live.tasks[0]
+    sample = sample_of(live, task)
+    event = annotation_event(
+        live, task, [region(1, 1, 5, 5, "Washer", (sample.width, sample.height))]
+    )
+    assert call(live, "/webhook", event)[0] == 201
+    skipped = annotation_event(live, task, [], "ANNOTATION_UPDATED")
+    skipped["annotation"]["was_cancelled"] = True
+    status, body = call(live, "/webhook", skipped)
+    assert status == 201 and body["result"]["cleared"] == [sample.sample_id]
+    assert live.store.label(sample.sample_id) is None
+    other = live.tasks[1]
+    imported = Label(other["data"]["dal_sample_id"], [[1, 1, 9, 9]], (live.classes[0],), "coco")
+    live.store.set_labels([imported])
+    skipped = annotation_event(live, other, [], "ANNOTATION_CREATED")
+    skipped["annotation"]["was_cancelled"] = True
+    assert call(live, "/webhook", skipped)[1]["result"]["cleared"] == []
+    assert live.store.label(imported.sample_id).source == "coco"
