@@ -109,6 +109,44 @@ class LabelsSection:
 
 
 @dataclass(frozen=True)
+class LabelStudioSection:
+    enabled: bool = field(
+        default=False,
+        metadata=doc(
+            "`dal trainer serve` also runs the Label Studio ML backend (/predict, /webhook)."
+        ),
+    )
+    host: str = field(
+        default="127.0.0.1",
+        metadata=doc("Address the ML backend binds; anything but loopback needs basic auth."),
+    )
+    port: int = field(default=9090, metadata=doc("Its port (0 = any free one).", min=0, max=65535))
+    public_url: str = field(
+        default="",
+        metadata=doc(
+            "Base URL Label Studio reaches this backend at, for the image URLs of "
+            "`dal label export --format labelstudio --live` (default http://host:port)."
+        ),
+    )
+    basic_auth_user: str = field(
+        default="", metadata=doc("Basic-auth user Label Studio sends (Model settings).")
+    )
+    basic_auth_pass_file: Path | None = field(
+        default=None,
+        metadata=doc("File holding its password (mode 0600); both or neither are set."),
+    )
+    min_score: float = field(
+        default=0.3,
+        metadata=doc(
+            "Pre-annotations keep the model's boxes scoring at least this.", min=0.0, max=1.0
+        ),
+    )
+    max_body_mib: int = field(
+        default=10, metadata=doc("Refuse (413) request bodies larger than this.", min=1, max=256)
+    )
+
+
+@dataclass(frozen=True)
 class FinetuneSection:
     auto: bool = field(
         default=True, metadata=doc("Start a fine-tune job by itself when new labels arrive.")
@@ -249,6 +287,10 @@ class TrainerConfig:
     )
     labels: LabelsSection = field(
         default_factory=LabelsSection, metadata=doc("Labelling: the ground-truth oracle.")
+    )
+    labelstudio: LabelStudioSection = field(
+        default_factory=LabelStudioSection,
+        metadata=doc("Label Studio ML backend: live pre-annotations and labels by webhook."),
     )
     finetune: FinetuneSection = field(
         default_factory=FinetuneSection,

@@ -11,6 +11,11 @@
   dal label import FILE --config trainer.toml [--format auto] [--dry-run]
       the file the tool exported back: COCO/CVAT JSON or zip, or Label Studio's JSON export.
       Checked completely first; nothing is stored unless every entry is good.
+  dal label serve  --config trainer.toml [--host 127.0.0.1] [--port 9090]
+      Label Studio's ML backend: /predict answers with the current model's boxes as
+      pre-annotations, /webhook stores finished annotations as labels ([labelstudio] section;
+      `dal trainer serve` runs it too with enabled = true). Export its tasks with
+      `dal label export --format labelstudio --live` so their images load from it.
 
 New labels start a fine-tune job once they settle ([finetune] auto). See docs/trainer.md.
 """
@@ -19,11 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
-from dal.trainer.cli import add_config_argument
-from dal.trainer.config import load_trainer_config
+from dal.errors import ConfigError
+from dal.trainer.cli import EX_CONFIG, add_config_argument
+from dal.trainer.config import TrainerConfig, load_trainer_config
 from dal.trainer.jobs import JobContext
 from dal.trainer.labels import FORMATS
 from dal.trainer.labels.documents import DEFAULT_URL_PREFIX
@@ -53,6 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--url-prefix", default=DEFAULT_URL_PREFIX, help="Label Studio: image URL before the name"
     )
+    export.add_argument(
+        "--live",
+        action="store_true",
+        help="Label Studio: image URLs served by `dal label serve` ([labelstudio] section)",
+    )
+    serve = sub.add_parser("serve", help="run the Label Studio ML backend (predict, webhook)")
+    add_config_argument(serve)
+    serve.add_argument("--host", help="bind address (default [labelstudio] host)")
+    serve.add_argument("--port", type=int, help="port (default [labelstudio] port)")
     imp = sub.add_parser("import", help="store labels from a labelling tool's export")
     imp.add_argument("file", type=Path)
     add_config_argument(imp)
@@ -110,11 +128,48 @@ def _sheet(samples: list[Sample], class_names: tuple[str, ...], path: Path) -> N
     contact_sheet(tiles, columns=5, tile_width=240, captions=captions).save(path)
 
 
+def _serve(config: TrainerConfig, args: argparse.Namespace) -> int:
+    """Until SIGINT/SIGTERM. A config mistake (no auth on a public address) exits 78."""
+    from dal.trainer.labels.ls_server import label_server
+
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    with JobContext.open(config) as ctx:
+        try:
+            server = label_server(
+                config.labelstudio, ctx.store, ctx.registry, None, args.host, args.port
+            )
+        except ConfigError as err:
+            print(f"dal label: error: {err}", file=sys.stderr)
+            return EX_CONFIG
+        server.start()
+        version = server.backend.model.version()
+        print(f"Label Studio ML backend on {server.url} (model {version})", flush=True)
+        try:
+            stop.wait()
+        finally:
+            server.stop()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from dal.trainer.labels.export import export_labels
     from dal.trainer.labels.importer import import_labels
 
-    config = load_trainer_config(args.config)
+    try:
+        config = load_trainer_config(args.config)
+    except ConfigError as err:
+        print(f"dal label: error: {err}", file=sys.stderr)
+        return EX_CONFIG
+    if args.action == "serve":
+        return _serve(config, args)
+    image_url = None
+    if args.action == "export" and args.live:
+        from dal.trainer.labels.ls_server import live_image_url
+
+        image_url = live_image_url(config.labelstudio)
     with JobContext.open(config) as ctx:
         if args.action == "queue":
             return _queue(ctx, args)
@@ -129,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 args.predictions,
                 args.min_score,
                 args.url_prefix,
+                image_url,
             )
             print(f"exported {result.images} images ({result.labelled} labelled) to {result.path}")
             return 0

@@ -70,6 +70,7 @@ class TrainerService:
         self.publisher: ModelPublisher | None = None
         self.assembler: TransferAssembler | None = None
         self.oracle: GroundTruthOracle | None = None
+        self.label_server = None  # the Label Studio ML backend, with [labelstudio] enabled
         self.last_job: jobs.JobResult | None = None
         self._ctx: jobs.JobContext | None = None
         self._stop = threading.Event()
@@ -138,6 +139,13 @@ class TrainerService:
                 optional_path(cfg, cfg.labels.oracle_images),
                 cfg.labels.oracle_max_pixel_diff,
             )
+        if cfg.labelstudio.enabled:
+            from dal.trainer.labels.ls_server import label_server
+
+            self.label_server = label_server(
+                cfg.labelstudio, self.store, self.registry, self._label_studio_train
+            )
+            self.label_server.start()
 
     def _connect(self) -> None:
         cfg = self.config
@@ -172,6 +180,8 @@ class TrainerService:
             thread.join(max(0.1, deadline - time.monotonic()))
         if self.link is not None:
             self.link.stop()
+        if self.label_server is not None:
+            self.label_server.stop()
         busy = any(t.is_alive() for t in self._threads)
         if busy:
             logger.warning("a fine-tune job is still running; abandoning it")
@@ -245,6 +255,10 @@ class TrainerService:
     def run_finetune(self, force: bool = True) -> jobs.JobResult:
         """Run a fine-tune job now in the caller's thread and publish a promoted model."""
         return self._run_job(force)
+
+    def _label_studio_train(self) -> None:
+        """Label Studio's /train or START_TRAINING: a job if labels changed since the last."""
+        self.request_finetune(force=False)
 
     def request_finetune(self, force: bool = True) -> None:
         """Ask the job thread to run a job soon (returns at once)."""

@@ -8,6 +8,16 @@ One job per module:
     importer   `read_labels` / `import_labels`: a file (JSON or zip) in, its format, the store
     oracle     `GroundTruthOracle`: labels replayed samples from a ground-truth COCO file
 
+Label Studio's ML backend (`dal label serve`, docs/labelling.md), one job per module too:
+
+    ls_config       the project's label config XML: RectangleLabels/Image names, label maps
+    ls_images       the /data image URLs (per-image tokens) and the file name in a task URL
+    ls_tasks        the 4xx error, field checks, a task's sample, the parsed-config cache
+    ls_model        the registry's current ONNX model through the agent's Detector
+    ls_annotations  webhook annotations -> `Label`s through `readers.read_labelstudio`
+    ls_backend      the protocol's handlers on parsed JSON (health, setup, predict, webhook)
+    ls_server       HTTP: routes, basic auth, body limit, the server's thread
+
 Export writes a folder a labelling tool can take:
 
     coco         annotations.json (+ images/); the image key `dal_sample_id` names the sample

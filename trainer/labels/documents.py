@@ -3,7 +3,7 @@ labelling interface for them. Pure functions of samples and labels; `export` wri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dal.trainer.store import Label, Sample
@@ -85,15 +85,23 @@ def coco_document(
     return doc
 
 
-def _ls_result(
-    box: Sequence[float], name: str, width: int, height: int, index: int, score: float | None
+def ls_region(
+    box: Sequence[float],
+    name: str,
+    width: int,
+    height: int,
+    index: int,
+    score: float | None,
+    from_name: str = LS_FROM,
+    to_name: str = LS_TO,
 ) -> dict[str, Any]:
+    """One Label Studio rectanglelabels region: the box in percent of the image."""
     x1, y1, x2, y2 = (float(v) for v in box)
     item: dict[str, Any] = {
         "id": f"r{index}",
         "type": "rectanglelabels",
-        "from_name": LS_FROM,
-        "to_name": LS_TO,
+        "from_name": from_name,
+        "to_name": to_name,
         "original_width": width,
         "original_height": height,
         "image_rotation": 0,
@@ -117,14 +125,17 @@ def labelstudio_tasks(
     class_names: Sequence[str],
     url_prefix: str = DEFAULT_URL_PREFIX,
     min_score: float = 0.0,
+    image_url: Callable[[str], str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Label Studio tasks: labels as annotations, the model's detections as predictions."""
+    """Label Studio tasks: labels as annotations, the model's detections as predictions.
+    `image_url` (export name -> URL) replaces `url_prefix`, e.g. the ML backend's /data URLs."""
     tasks = []
     for sample in samples:
         w, h = int(sample.width or 0), int(sample.height or 0)
+        url = image_url(sample.export_name) if image_url else url_prefix + sample.export_name
         task: dict[str, Any] = {
             "data": {
-                "image": url_prefix + sample.export_name,
+                "image": url,
                 "dal_sample_id": sample.sample_id,
                 "dal_score": sample.score,
             }
@@ -132,13 +143,13 @@ def labelstudio_tasks(
         label = labels.get(sample.sample_id)
         if label is not None:
             result = [
-                _ls_result(b, c, w, h, i, None)
+                ls_region(b, c, w, h, i, None)
                 for i, (b, c) in enumerate(zip(label.boxes, label.classes, strict=True))
             ]
             task["annotations"] = [{"result": result, "ground_truth": False}]
         predicted = _predicted(sample, class_names, min_score)
         if predicted:
-            result = [_ls_result(b, c, w, h, i, s) for i, (b, c, s) in enumerate(predicted)]
+            result = [ls_region(b, c, w, h, i, s) for i, (b, c, s) in enumerate(predicted)]
             score = max(s for _, _, s in predicted)
             task["predictions"] = [
                 {"model_version": sample.model_version, "score": score, "result": result}

@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,10 +85,12 @@ def export_labels(
     predictions: bool = False,
     min_score: float = 0.0,
     url_prefix: str = DEFAULT_URL_PREFIX,
+    image_url: Callable[[str], str] | None = None,
 ) -> ExportResult:
     """Write an export of the store's samples for a labelling tool (see the package docstring).
     `predictions` adds the model's detections as pre-annotations to unlabelled images in
-    COCO/CVAT files; Label Studio always gets them, as `predictions`."""
+    COCO/CVAT files; Label Studio always gets them, as `predictions`. `image_url` (export name
+    -> URL) overrides `url_prefix` for Label Studio (the ML backend's /data URLs)."""
     if fmt not in FORMATS:
         raise DatasetError(f"unknown label format {fmt!r}", hint=f"use one of {FORMATS}")
     out = Path(out_dir)
@@ -98,7 +100,7 @@ def export_labels(
     names = export_classes(class_names, labels.values())
     _place_images(samples, out / "images", images)
     if fmt == "labelstudio":
-        tasks = labelstudio_tasks(samples, labels, names, url_prefix, min_score)
+        tasks = labelstudio_tasks(samples, labels, names, url_prefix, min_score, image_url)
         path = atomic_write_json(out / "tasks.json", tasks)
         atomic_write_text(out / "label_config.xml", labelstudio_config(names))
     else:
