@@ -43,6 +43,8 @@ from dal.trainer import jobs
 from dal.trainer.config import TrainerConfig, optional_path, resolve_path
 from dal.trainer.labels.oracle import GroundTruthOracle
 from dal.trainer.registry import Registry
+from dal.trainer.rollout import TargetSync
+from dal.trainer.rollout_store import TargetStore
 from dal.trainer.store import SampleStore
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class TrainerService:
         self._link_config = link_config or config.mqtt.link_config(config.trainer.id)
         self.store: SampleStore | None = None
         self.registry: Registry | None = None
+        self.targets: TargetStore | None = None
         self.link: Link | None = None
         self.publisher: ModelPublisher | None = None
         self.assembler: TransferAssembler | None = None
@@ -136,6 +139,8 @@ class TrainerService:
         )
         SampleReceiver(self.link, self.assembler)
         self.publisher = ModelPublisher(self.link)
+        self.targets = TargetStore(resolve_path(cfg, cfg.models.dir))
+        self._target_sync = TargetSync(self.registry, self.targets, self.publisher)
         link = self.link
         link.subscribe_message(link.topic("agent_status", ANY_AGENT), AgentStatus, self._on_status)
         link.subscribe_message(link.topic("agent_metrics", ANY_AGENT), Metrics, self._on_metrics)
@@ -157,7 +162,7 @@ class TrainerService:
         if busy:
             logger.warning("a fine-tune job is still running; abandoning it")
             return
-        for db in (self.store, self.registry):
+        for db in (self.store, self.registry, self.targets):
             if db is not None:
                 db.close()
         logger.info("trainer service stopped")
@@ -217,6 +222,10 @@ class TrainerService:
         except LinkError as err:
             # the publisher keeps it and publishes again after the next connect
             logger.info("model %s not published yet: %s", current.version, err)
+
+    def _sync_targets(self) -> None:
+        """Group and agent manifests follow the registry's targets (trainer/rollout.py)."""
+        self._target_sync.step()
 
     # -- fine-tune jobs ------------------------------------------------------------------------
 
@@ -278,6 +287,7 @@ class TrainerService:
             for step in (
                 self._oracle_step,
                 self._sync_published,
+                self._sync_targets,
                 self._publish_status,
                 self._maybe_request_job,
                 self._expire_step,
