@@ -228,6 +228,8 @@ def test_a_canary_that_never_reports_times_out(fleet: Fleet, capsys) -> None:
     code, _ = fleet.promote("m1", "--group", "line3", "--canary", "ghost", "--canary-timeout", "1")
     assert code == 1
     assert "did not report m1 within 1 s" in capsys.readouterr().err
+    code, _ = fleet.promote("m1", "--canary", "cam1")  # a canary of no group
+    assert code == 1 and "--canary needs --group" in capsys.readouterr().err
     with TargetStore(fleet.registry_dir) as targets:
         assert targets.get("group", "line3") is None
 
@@ -270,3 +272,8 @@ def test_promote_help_lists_the_rollout_flags(capsys) -> None:
         main(["models", "promote", "--help"])
     text = capsys.readouterr().out
     assert all(flag in text for flag in ("--agents", "--group", "--canary", "--canary-timeout"))
+    for bad in ("nan", "-1", "0", "1e9"):
+        with pytest.raises(SystemExit) as exited:
+            main(["models", "promote", "m1", "--group", "g", "--canary", "--canary-timeout", bad])
+        assert exited.value.code == 2
+    assert "give seconds in (0, 86400]" in capsys.readouterr().err

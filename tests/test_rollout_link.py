@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from agent_helpers import contract_model, write_config
 from broker import start_broker_for, wait_until, write_password_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -209,3 +212,19 @@ def test_acl_cli_takes_groups_and_refuses_bad_ids(capsys: pytest.CaptureFixture[
     assert topics.main(["acl", "--group", "line 3=cam1"]) == 2
     assert "invalid group id" in capsys.readouterr().err
     assert topics.main(["acl", "--group", "line3"]) == 2
+
+
+@pytest.mark.parametrize("group", ["line 3", "a/b", "#", "x" * 65])
+def test_an_agent_with_a_bad_group_stops_with_a_config_error(tmp_path: Path, group: str) -> None:
+    model = contract_model(tmp_path / "m1.onnx", "m1")
+    config = write_config(
+        tmp_path, model=model, source="unused", port=None, overrides={"agent": {"group": group}}
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "dal.cli", "agent", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 78, result.stderr  # EX_CONFIG
+    assert "cannot be a group id" in result.stderr and "Traceback" not in result.stderr

@@ -193,7 +193,9 @@ def canary_rollout(
         say(message)
         return
     targets.set("agent", [canary], None, "canary failed")
+    hint = "the canary's events (dal monitor) and its log say more; a later promote may try again"
     if verdict is None:
+        hint = "is `dal trainer serve` running and the canary online? " + hint
         status = view.agents().get(canary)
         if status is not None and status.model_version == version and status.probation_left is None:
             verdict = f"canary {canary} runs {version} but does not report probation (old agent)"
@@ -201,8 +203,4 @@ def canary_rollout(
             running = status.model_version if status else "no status seen"
             verdict = f"canary {canary} did not report {version} within {timeout_s:g} s ({running})"
     targets.finish_rollout(rollout, "failed", verdict)
-    raise ModelError(
-        f"{verdict}; group {group} was not given model {version}",
-        hint="see the canary's events (dal monitor) and the agent log; is `dal trainer serve` "
-        "running? A later promote may try again",
-    )
+    raise ModelError(f"{verdict}; group {group} was not given model {version}", hint=hint)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from typing import Any
@@ -43,6 +44,20 @@ def _names(value: str, check: Any, what: str) -> list[str]:
         raise ConfigError(f"--{what}: {err.args[0]}", hint=err.hint) from None
 
 
+MAX_WAIT_S = 86_400.0
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds in (0, one day]: argparse's type for the waits."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_WAIT_S:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds in (0, {MAX_WAIT_S:g}]")
+    return value
+
+
 def add_promote_arguments(promote: argparse.ArgumentParser) -> None:
     where = promote.add_mutually_exclusive_group()
     where.add_argument("--agents", help="comma-separated agent ids: only these run the model")
@@ -57,7 +72,7 @@ def add_promote_arguments(promote: argparse.ArgumentParser) -> None:
     )
     promote.add_argument(
         "--canary-timeout",
-        type=float,
+        type=_seconds,
         default=900.0,
         metavar="S",
         help="seconds to wait for the canary (default 900); then stop, the group unchanged",
@@ -73,7 +88,7 @@ def add_subcommands(sub: Any, add_config: Any) -> None:
     status = sub.add_parser("status", help="which agent runs which model (from MQTT)")
     status.add_argument("--json", action="store_true", help="JSON instead of a table")
     status.add_argument(
-        "--wait", type=float, default=2.0, help="seconds to collect the retained statuses"
+        "--wait", type=_seconds, default=2.0, help="seconds to collect the retained statuses"
     )
     add_config(status)
 
