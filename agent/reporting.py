@@ -298,6 +298,7 @@ class Reporter:
                     "updates": p.downloader is not None,
                     "last_update": p.models.last_outcome,
                     "download": p.downloader.progress() if p.downloader else None,
+                    **self.rollout_fields(),
                 },
                 "source": dataclasses.asdict(p.source.state),
                 "pipeline": {**self.counters(), "fps": p.pipeline.fps.rate()},

@@ -3,6 +3,7 @@ trainer serving every offered model, the status fields, and the broker ACL for g
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -228,3 +229,24 @@ def test_an_agent_with_a_bad_group_stops_with_a_config_error(tmp_path: Path, gro
     )
     assert result.returncode == 78, result.stderr  # EX_CONFIG
     assert "cannot be a group id" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_monitor_judges_an_agent_by_the_manifest_it_follows() -> None:
+    from dal.trainer.monitor import AgentView, agent_row
+
+    size = 10
+    glob = ModelManifest("m1", "m1.onnx", size, "ab" * 32, size, 1, created=0.0)
+    grouped = AgentStatus(
+        agent="cam1",
+        state="online",
+        time=1.0,
+        model_version="m2",
+        group="line3",
+        manifest_scope="group",
+        manifest_version="m2",
+    )
+    assert agent_row(AgentView("cam1", grouped), glob, 2.0)[2] == "m2"
+    behind = dataclasses.replace(grouped, manifest_version="m3")
+    assert agent_row(AgentView("cam1", behind), glob, 2.0)[2] == "m2 (not current)"
+    old = AgentStatus(agent="cam2", state="online", time=1.0, model_version="m0")
+    assert agent_row(AgentView("cam2", old), glob, 2.0)[2] == "m0 (not current)"
