@@ -8,7 +8,9 @@ agent sets the pace, asks again for what did not come, and resumes after a resta
 partial file plus a small state file that records which chunks it holds.
 
 The agent accepts a model only when the manifest's Ed25519 signature checks with its trusted
-public key and the assembled file's sha256 equals the manifest's.
+public key and the assembled file's sha256 equals the manifest's. Which manifest it follows
+(its own, its group's, the global one) is dal/link/follow.py; the trainer side is
+dal/link/model_publisher.py.
 """
 
 from __future__ import annotations
