@@ -91,7 +91,6 @@ def test_garbage_on_every_subscribed_topic_is_counted_and_nothing_breaks(
         tmp_path / "models",
         signing.load_public_key(tmp_path / "k.pub"),
         on_complete=lambda m, p: None,
-        group="line3",  # so the group manifest topic has its one subscriber too
     ).start()
     agent.subscribe_message(
         agent.topic("agent_cmd", AGENT), Command, lambda t, m: seen["cmd"].append(m)
@@ -116,12 +115,7 @@ def test_garbage_on_every_subscribed_topic_is_counted_and_nothing_breaks(
     attacker = make_link("attacker")
     for row in TOPICS:
         for payload in garbage:
-            where = topic(
-                row.name,
-                agent=AGENT if row.per_agent else None,
-                group="line3" if row.per_group else None,
-            )
-            attacker.publish(where, payload)
+            attacker.publish(topic(row.name, agent=AGENT if row.per_agent else None), payload)
 
     # Every topic has exactly one subscriber here, so each bad message counts once.
     expected = len(TOPICS) * len(garbage)

@@ -63,18 +63,16 @@ def make_header(data: bytes = b"x" * 1000, agent: str = "cam1", **over: object) 
 
 def test_topic_builder_covers_every_row_and_rejects_bad_ids() -> None:
     built = {
-        row.name: topics.topic(
-            row.name,
-            "plant/a",
-            "cam1" if row.per_agent else None,
-            "line3" if row.per_group else None,
-        )
+        row.name: topics.topic(row.name, "plant/a", "cam1" if row.per_agent else None)
         for row in topics.TOPICS
     }
     assert built["agent_status"] == "plant/a/agents/cam1/status"
     assert built["model_manifest"] == "plant/a/models/manifest"
-    assert built["model_manifest_group"] == "plant/a/groups/line3/model/manifest"
     assert built["model_manifest_agent"] == "plant/a/agents/cam1/model/manifest"
+    for row in topics.GROUP_TOPICS:
+        assert row.per_group and not row.per_agent
+        built[row.name] = topics.topic(row.name, "plant/a", group="line3")
+    assert built["model_manifest_group"] == "plant/a/groups/line3/model/manifest"
     assert topics.group_of("dal/v1/groups/line-3/model/manifest") == "line-3"
     assert topics.topic("model_manifest_group", group="+") == "dal/v1/groups/+/model/manifest"
     for bad_group in ("", "a/b", "#", "x y", "a" * 65, ".x"):

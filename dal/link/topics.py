@@ -150,15 +150,6 @@ TOPICS: tuple[TopicSpec, ...] = (
         "the model this one agent should run (e.g. a canary); beats its group's and the global one",
     ),
     TopicSpec(
-        "model_manifest_group",
-        "groups/{group}/model/manifest",
-        TRAINER,
-        1,
-        True,
-        "ModelManifest",
-        "the model the agents of `[agent] group` should run; overrides the global manifest",
-    ),
-    TopicSpec(
         "trainer_status",
         "trainer/status",
         TRAINER,
@@ -178,7 +169,21 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
 )
 
-_BY_NAME = {spec.name: spec for spec in TOPICS}
+# Per-group topics need a group id to build (topic(..., group=)), so they are a table of their
+# own: code that builds every row of TOPICS from a root and an agent id keeps working.
+GROUP_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        "model_manifest_group",
+        "groups/{group}/model/manifest",
+        TRAINER,
+        1,
+        True,
+        "ModelManifest",
+        "the model the agents of `[agent] group` should run; overrides the global manifest",
+    ),
+)
+
+_BY_NAME = {spec.name: spec for spec in TOPICS + GROUP_TOPICS}
 
 
 def spec(name: str) -> TopicSpec:
@@ -274,7 +279,7 @@ def markdown_table(root: str = DEFAULT_ROOT) -> str:
         "| name | topic | from | QoS | retained | payload | what |",
         "|---|---|---|---|---|---|---|",
     ]
-    for row in TOPICS:
+    for row in TOPICS + GROUP_TOPICS:
         retained = "yes" if row.retained else "no"
         lines.append(
             f"| `{row.name}` | `{root}/{row.template}` | {row.publisher} | {row.qos} "
@@ -313,7 +318,7 @@ def mosquitto_acl(
     for row in agent_rows:
         access = "write" if row.publisher == AGENT else "read"
         lines.append(f"pattern {access} {root}/{row.template.replace(AGENT_PLACEHOLDER, '%u')}")
-    plain = [row for row in TOPICS if not row.per_agent and not row.per_group]
+    plain = [row for row in TOPICS if not row.per_agent]
     lines += [f"pattern read {root}/{row.template}" for row in plain]
     lines += _group_acl(root, groups or {})
     return "\n".join(lines) + "\n"
@@ -321,7 +326,7 @@ def mosquitto_acl(
 
 def _group_acl(root: str, groups: Mapping[str, Sequence[str]]) -> list[str]:
     """`user` blocks: each grouped agent reads (never writes) its group's topics."""
-    readable = [row for row in TOPICS if row.per_group and row.publisher != AGENT]
+    readable = [row for row in GROUP_TOPICS if row.publisher != AGENT]
     members: dict[str, list[str]] = {}
     for group, agents in sorted(groups.items()):
         check_group_id(group)
