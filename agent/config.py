@@ -45,6 +45,22 @@ class AgentSection:
             "Folder for the pool, outbox and models; relative paths elsewhere are resolved here."
         ),
     )
+    group: str = field(
+        default="",
+        metadata=doc(
+            "Rollout group (e.g. a production line): follow the group's model manifest when "
+            "there is one; empty = the global manifest only."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        from dal.link.topics import check_group_id
+
+        if self.group:
+            try:
+                check_group_id(self.group)
+            except LinkError as err:
+                raise ValueError(f"group {self.group!r} cannot be a group id: {err.hint}") from None
 
 
 @dataclass(frozen=True)

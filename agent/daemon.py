@@ -291,6 +291,7 @@ class AgentDaemon:
                 on_failed=self.updater.failed,
                 accept=self.models.wants,
                 max_model_bytes=cfg.update.max_model_mb << 20,
+                group=cfg.agent.group or None,
             )
         elif cfg.update.enabled:
             logger.warning("[update] public_key is not set: pushed models will not be installed")

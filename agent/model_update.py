@@ -201,6 +201,11 @@ class ModelManager:
         active = self._active
         return active.version if active else None
 
+    @property
+    def probation_left(self) -> int:
+        """Inferences the active model still has to pass (0: passed, or no probation)."""
+        return self._probation_left
+
     def _load(self, path: Path) -> Detector:
         return Detector.from_config(path, self.detector_config)
 

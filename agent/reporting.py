@@ -143,6 +143,7 @@ class Reporter:
         self._status_file_failing = False
         self._due: dict[str, float] = {}
         self._source_seen: tuple[str | None, int] = (None, 0)
+        self._rollout_seen: tuple[Any, ...] | None = None
 
     def is_due(self, name: str, every_s: float) -> bool:
         now = time.monotonic()
@@ -154,6 +155,7 @@ class Reporter:
     def tick(self) -> None:
         cfg = self.p.config
         self.watch_source()
+        self.watch_rollout()
         self.p.events.flush()
         if self.dirty.is_set() or self.is_due("status", cfg.link.status_interval_s):
             self.dirty.clear()
@@ -182,6 +184,15 @@ class Reporter:
         if state.status == ENDED and seen_status != ENDED:
             emit("source_ended", "the recording ended", data)
 
+    def watch_rollout(self) -> None:
+        """Publish the status at once when probation ends or another manifest is followed: a
+        canary rollout waits for exactly that."""
+        downloader = self.p.downloader
+        seen = (self.p.models.probation_left == 0, downloader.following() if downloader else None)
+        if seen != self._rollout_seen:
+            self._rollout_seen = seen
+            self.dirty.set()
+
     # -- MQTT ----------------------------------------------------------------------------------
 
     def agent_status(self) -> AgentStatus:
@@ -196,7 +207,19 @@ class Reporter:
             last_cycle=last.started if last else None,
             outbox_backlog=self.p.outbox.backlog(),
             storage_error=self.p.pipeline.storage.reason,
+            **self.rollout_fields(),
         )
+
+    def rollout_fields(self) -> dict[str, Any]:
+        """Group, followed manifest and probation: what `dal models status` and a canary
+        rollout read."""
+        following = self.p.downloader.following() if self.p.downloader else None
+        return {
+            "group": self.p.config.agent.group or None,
+            "manifest_scope": following[0] if following else None,
+            "manifest_version": following[1] if following else None,
+            "probation_left": self.p.models.probation_left,
+        }
 
     def publish_status(self) -> None:
         link = self.p.link
@@ -277,6 +300,7 @@ class Reporter:
                     "updates": p.downloader is not None,
                     "last_update": p.models.last_outcome,
                     "download": p.downloader.progress() if p.downloader else None,
+                    **self.rollout_fields(),
                 },
                 "source": dataclasses.asdict(p.source.state),
                 "pipeline": {**self.counters(), "fps": p.pipeline.fps.rate()},

@@ -68,6 +68,22 @@ def test_topic_builder_covers_every_row_and_rejects_bad_ids() -> None:
     }
     assert built["agent_status"] == "plant/a/agents/cam1/status"
     assert built["model_manifest"] == "plant/a/models/manifest"
+    assert built["model_manifest_agent"] == "plant/a/agents/cam1/model/manifest"
+    for row in topics.GROUP_TOPICS:
+        assert row.per_group and not row.per_agent
+        built[row.name] = topics.topic(row.name, "plant/a", group="line3")
+    assert built["model_manifest_group"] == "plant/a/groups/line3/model/manifest"
+    assert topics.group_of("dal/v1/groups/line-3/model/manifest") == "line-3"
+    assert topics.topic("model_manifest_group", group="+") == "dal/v1/groups/+/model/manifest"
+    for bad_group in ("", "a/b", "#", "x y", "a" * 65, ".x"):
+        with pytest.raises(LinkError):
+            topics.topic("model_manifest_group", group=bad_group)
+        with pytest.raises(LinkError):
+            topics.check_group_id(bad_group)
+    with pytest.raises(LinkError):
+        topics.topic("model_manifest_group")  # per group: needs group=
+    with pytest.raises(LinkError):
+        topics.topic("model_manifest", group="line3")  # not per group
     assert topics.topic("sample_chunk", agent=topics.ANY_AGENT) == "dal/v1/agents/+/samples/chunk"
     assert topics.agent_of("dal/v1/agents/cam-7/samples/chunk") == "cam-7"
     for bad_agent in ("", "a/b", "#", "x y", "a" * 65):

@@ -5,6 +5,10 @@
   dal models promote  VERSION --config trainer.toml    make it current (exported, checked and
                                                        signed first if it never was)
   dal models rollback --config trainer.toml            make the previous model current again
+  dal models promote  VERSION --group line3 [--canary [AGENT]] | --agents cam1,cam2
+                                                       only these agents (trainer/rollout_cli.py)
+  dal models clear    --group line3 | --agents cam1    drop such a target again
+  dal models status   [--json]                         who runs which model, probation, seen
 
 States: current (agents run it), previous (the rollback target), archived, candidate, rejected
 (failed the gate), failed (training, export or parity check failed). A running trainer service
@@ -17,6 +21,8 @@ import argparse
 import json
 import time
 
+from dal.errors import ConfigError
+from dal.trainer import rollout_cli
 from dal.trainer.cli import add_config_argument
 from dal.trainer.config import load_trainer_config
 from dal.trainer.registry import ModelRecord
@@ -33,10 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     promote = sub.add_parser("promote", help="make a model current")
     promote.add_argument("version")
     promote.add_argument("--reason", default="promoted by hand")
+    rollout_cli.add_promote_arguments(promote)
     add_config_argument(promote)
     rollback = sub.add_parser("rollback", help="make the previous model current again")
     rollback.add_argument("--reason", default="rolled back by hand")
     add_config_argument(rollback)
+    rollout_cli.add_subcommands(sub, add_config_argument)
 
 
 def table(records: list[ModelRecord]) -> str:
@@ -86,7 +94,17 @@ def run(args: argparse.Namespace) -> int:
             out["history"] = registry.history(args.version)
             print(json.dumps(out, indent=2))
             return 0
+        if args.action == "status":
+            return rollout_cli.status(config, registry, args)
+        if args.action == "clear":
+            return rollout_cli.clear(registry, args)
+        if args.action == "promote" and rollout_cli.targeted(args):
+            registry.require(args.version)
+            release(ctx, args.version)
+            return rollout_cli.promote(config, registry, args)
         if args.action == "promote":
+            if args.canary:
+                raise ConfigError("--canary needs --group", hint="e.g. --group line3 --canary cam1")
             registry.require(args.version)
             release(ctx, args.version)
             record = registry.promote(args.version, args.reason)

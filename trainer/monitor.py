@@ -131,7 +131,11 @@ def agent_row(view: AgentView, manifest: ModelManifest | None, now: float) -> li
     if view.metrics is not None and view.metrics_at >= view.status_at:
         fps = view.metrics.values.get("fps", fps)
     model = status.model_version if status and status.model_version else "-"
-    if manifest is not None and status is not None and model not in ("-", manifest.version):
+    # an agent that follows a group's or its own manifest is told another model than the global
+    wanted = status.manifest_version if status and status.manifest_version else None
+    if wanted is None and manifest is not None:
+        wanted = manifest.version
+    if wanted is not None and status is not None and model not in ("-", wanted):
         model += " (not current)"
     event = "-"
     if view.event is not None:

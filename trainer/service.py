@@ -47,6 +47,8 @@ from dal.trainer.config import TrainerConfig, optional_path, resolve_path
 from dal.trainer.labels.oracle import GroundTruthOracle
 from dal.trainer.metrics import start_trainer_metrics
 from dal.trainer.registry import Registry
+from dal.trainer.rollout import TargetSync
+from dal.trainer.rollout_store import TargetStore
 from dal.trainer.store import SampleStore
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class TrainerService:
         self._link_config = link_config or config.mqtt.link_config(config.trainer.id)
         self.store: SampleStore | None = None
         self.registry: Registry | None = None
+        self.targets: TargetStore | None = None
         self.link: Link | None = None
         self.publisher: ModelPublisher | None = None
         self.assembler: TransferAssembler | None = None
@@ -161,6 +164,8 @@ class TrainerService:
         )
         SampleReceiver(self.link, self.assembler)
         self.publisher = ModelPublisher(self.link)
+        self.targets = TargetStore(resolve_path(cfg, cfg.models.dir))
+        self._target_sync = TargetSync(self.registry, self.targets, self.publisher)
         link = self.link
         link.subscribe_message(link.topic("agent_status", ANY_AGENT), AgentStatus, self._on_status)
         link.subscribe_message(link.topic("agent_metrics", ANY_AGENT), Metrics, self._on_metrics)
@@ -186,7 +191,7 @@ class TrainerService:
         if busy:
             logger.warning("a fine-tune job is still running; abandoning it")
             return
-        for db in (self.store, self.registry):
+        for db in (self.store, self.registry, self.targets):
             if db is not None:
                 db.close()
         if self._lock is not None:
@@ -249,6 +254,10 @@ class TrainerService:
         except LinkError as err:
             # the publisher keeps it and publishes again after the next connect
             logger.info("model %s not published yet: %s", current.version, err)
+
+    def _sync_targets(self) -> None:
+        """Group and agent manifests follow the registry's targets (trainer/rollout.py)."""
+        self._target_sync.step()
 
     # -- fine-tune jobs ------------------------------------------------------------------------
 
@@ -321,6 +330,7 @@ class TrainerService:
             for step in (
                 self._oracle_step,
                 self._sync_published,
+                self._sync_targets,
                 self._publish_status,
                 self._maybe_request_job,
                 self._expire_step,

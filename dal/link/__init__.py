@@ -19,7 +19,8 @@ from dal.link.messages import (
     TrainerStatus,
     new_sample_id,
 )
-from dal.link.model import ModelDownloader, ModelPublisher, build_manifest
+from dal.link.model import ModelDownloader, build_manifest
+from dal.link.model_publisher import ModelPublisher
 from dal.link.topics import ANY_AGENT, DEFAULT_ROOT, TOPICS, agent_of, topic
 from dal.link.transfer import AckWaiter, SampleReceiver, TransferAssembler, TransferSender
 

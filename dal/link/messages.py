@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self, TypeVar
 
 from dal.errors import LinkError
-from dal.link.topics import check_agent_id
+from dal.link.topics import check_agent_id, check_group_id
 
 MAX_JSON_BYTES = 1 << 20  # a header with a 256-float feature and 100 boxes is ~10 KiB
 MAX_REQUEST_CHUNKS = 64
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# Which retained manifest an agent follows, most specific first.
+MANIFEST_SCOPES = ("agent", "group", "global")
 
 T = TypeVar("T", bound="Message")
 
@@ -159,12 +162,25 @@ class AgentStatus(Message):
     last_cycle: float | None = None
     outbox_backlog: int = 0
     storage_error: str | None = None  # why capture is paused (the pool cannot store), if it is
+    # Rollouts (all optional: an older agent leaves them out and None means "not said").
+    group: str | None = None  # its [agent] group
+    manifest_scope: str | None = None  # which manifest it follows: agent, group or global
+    manifest_version: str | None = None  # the version that manifest names
+    probation_left: int | None = None  # inferences left in probation; 0 = passed or none
 
     def __post_init__(self) -> None:
         check_agent_id(self.agent)
         self._require(self.state in ("online", "offline"), "state", "must be online or offline")
         self._require(self.pool_size >= 0, "pool_size", "must be >= 0")
         self._require(self.outbox_backlog >= 0, "outbox_backlog", "must be >= 0")
+        if self.group is not None:
+            check_group_id(self.group)
+        scope_ok = self.manifest_scope in (None, *MANIFEST_SCOPES)
+        self._require(scope_ok, "manifest_scope", f"must be one of {MANIFEST_SCOPES}")
+        version = self.manifest_version
+        self._require(version is None or bool(_NAME.match(version)), "manifest_version", "bad")
+        left = self.probation_left
+        self._require(left is None or 0 <= left <= 10**9, "probation_left", "must be 0..1e9")
 
 
 @dataclass(frozen=True)

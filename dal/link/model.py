@@ -8,7 +8,9 @@ agent sets the pace, asks again for what did not come, and resumes after a resta
 partial file plus a small state file that records which chunks it holds.
 
 The agent accepts a model only when the manifest's Ed25519 signature checks with its trusted
-public key and the assembled file's sha256 equals the manifest's.
+public key and the assembled file's sha256 equals the manifest's. Which manifest it follows
+(its own, its group's, the global one) is dal/link/follow.py; the trainer side is
+dal/link/model_publisher.py.
 """
 
 from __future__ import annotations
@@ -30,17 +32,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from dal.errors import LinkError, StorageError
 from dal.fileio import atomic_write_json, fsync_dir, sha256_file, sync_file, write_at
-from dal.link.chunks import (
-    DEFAULT_CHUNK_SIZE,
-    KIND_MODEL,
-    check_chunk_size,
-    decode_chunk,
-    encode_chunk,
-)
-from dal.link.client import Link, Pending
+from dal.link.chunks import DEFAULT_CHUNK_SIZE, KIND_MODEL, check_chunk_size, decode_chunk
+from dal.link.client import Link
+from dal.link.follow import ManifestChoice
 from dal.link.messages import MAX_REQUEST_CHUNKS, ModelManifest, ModelRequest, chunk_count, now
+from dal.link.model_publisher import ModelPublisher  # noqa: F401  (its old home; re-exported)
 from dal.link.signing import sign_manifest, verify_manifest, verify_model_file
-from dal.link.topics import ANY_AGENT, agent_of, check_agent_id
+from dal.link.topics import check_agent_id
 
 logger = logging.getLogger(__name__)
 
@@ -74,90 +72,6 @@ def build_manifest(
     return sign_manifest(manifest, private_key)
 
 
-def _read_chunk(path: Path, manifest: ModelManifest, index: int) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(index * manifest.chunk_size)
-        return handle.read(manifest.chunk_size)
-
-
-class ModelPublisher:
-    """Trainer side: keeps the current manifest retained and serves chunk requests from disk."""
-
-    def __init__(self, link: Link, window: int = 16) -> None:
-        self.link = link
-        self.window = window
-        self._lock = threading.Lock()
-        self._current: tuple[ModelManifest, Path] | None = None
-        self.stats: dict[str, int] = {"requests": 0, "chunks_sent": 0, "stale_requests": 0}
-        link.subscribe_message(
-            link.topic("model_request", ANY_AGENT), ModelRequest, self._on_request
-        )
-        link.on_connected(self._republish)
-
-    @property
-    def manifest(self) -> ModelManifest | None:
-        with self._lock:
-            return self._current[0] if self._current else None
-
-    def publish(self, model_path: str | os.PathLike[str], manifest: ModelManifest) -> None:
-        """Make this the model agents should run: retained manifest now (and after every
-        reconnect), chunks on request. LinkError if the broker did not take the manifest."""
-        path = Path(model_path)
-        if path.stat().st_size != manifest.size:
-            raise LinkError(f"{path} is {path.stat().st_size} bytes, manifest says {manifest.size}")
-        with self._lock:
-            self._current = (manifest, path)
-        self.link.publish(self.link.topic("model_manifest"), manifest, retain=True)
-
-    def withdraw(self) -> None:
-        """Stop offering a model: clear the retained manifest."""
-        with self._lock:
-            self._current = None
-        self.link.publish(self.link.topic("model_manifest"), b"", retain=True)
-
-    def _republish(self) -> None:
-        # After a broker restart without persistence the retained manifest is gone.
-        with self._lock:
-            current = self._current
-        if current is not None:
-            self.link.publish(self.link.topic("model_manifest"), current[0], retain=True)
-
-    def _on_request(self, topic: str, request: ModelRequest) -> None:
-        agent = agent_of(topic, self.link.config.root)
-        with self._lock:
-            current = self._current
-        if current is None or current[0].version != request.version:
-            self.stats["stale_requests"] += 1
-            logger.debug(
-                "agent %s asked for model %s, which is not offered", agent, request.version
-            )
-            return
-        manifest, path = current
-        bad = [i for i in request.chunks if i >= manifest.chunk_count]
-        if bad:
-            raise LinkError(
-                f"agent {agent} asked for chunks {bad[:5]} of a {manifest.chunk_count}-chunk model"
-            )
-        self.stats["requests"] += 1
-        out = self.link.topic("model_chunk", agent)
-        in_flight: deque[Pending] = deque()
-        for index in sorted(set(request.chunks)):
-            if len(in_flight) >= self.window:
-                in_flight.popleft().wait()
-            message = self._chunk_message(manifest, path, index)
-            in_flight.append(self.link.publish_nowait(out, message))
-            self.stats["chunks_sent"] += 1
-        while in_flight:
-            in_flight.popleft().wait()
-
-    def _chunk_message(self, manifest: ModelManifest, path: Path, index: int) -> bytes:
-        piece = _read_chunk(path, manifest, index)
-        offset = index * manifest.chunk_size
-        return encode_chunk(
-            KIND_MODEL, manifest.transfer_id, index, manifest.chunk_count, offset, piece
-        )
-
-
 @dataclass
 class _Download:
     manifest: ModelManifest
@@ -185,6 +99,9 @@ def _from_bitmap(text: str, count: int) -> set[int]:
 class ModelDownloader:
     """Agent side: follows the retained manifest and downloads each new signed model.
 
+    The manifest followed is the most specific one retained (dal.link.follow): the agent's
+    own, else its `group`'s (when it has one), else the global one.
+
     `on_complete(manifest, path)` gets the verified file (the caller moves it into its model
     store); `on_failed(manifest, reason)` hears about a bad signature, a wrong sha256 or a
     storage failure. Both run on a link thread: keep them short. `accept(manifest)` (optional)
@@ -204,6 +121,7 @@ class ModelDownloader:
         request_timeout_s: float = 5.0,
         max_model_bytes: int = 4 << 30,
         save_every_s: float = 1.0,
+        group: str | None = None,
     ) -> None:
         if not 1 <= window <= MAX_REQUEST_CHUNKS:
             raise LinkError(f"download window must be 1..{MAX_REQUEST_CHUNKS}")
@@ -218,6 +136,7 @@ class ModelDownloader:
         self.request_timeout_s = request_timeout_s
         self.max_model_bytes = max_model_bytes
         self.save_every_s = save_every_s
+        self.choice = ManifestChoice(link.config.root, self.agent, group)
         self.stats: dict[str, int] = {
             "chunks": 0,
             "stale_chunks": 0,
@@ -239,9 +158,9 @@ class ModelDownloader:
     def start(self) -> ModelDownloader:
         self.dest_dir.mkdir(parents=True, exist_ok=True)
         self.link.subscribe(self.link.topic("model_chunk", self.agent), self._on_chunk)
-        self.link.subscribe_message(
-            self.link.topic("model_manifest"), ModelManifest, self._on_manifest
-        )
+        self.link.on_connected(self.choice.reset)
+        for scope, topic in self.choice.topics():  # most specific first: see dal.link.follow
+            self.link.subscribe(topic, lambda t, p, scope=scope: self._on_scoped(scope, t, p))
         self._thread.start()
         return self
 
@@ -270,6 +189,17 @@ class ModelDownloader:
             return (d.manifest.version, len(d.have), d.manifest.chunk_count) if d else None
 
     # -- link handlers (dispatcher thread) -----------------------------------------------------
+
+    def following(self) -> tuple[str, str] | None:
+        """(scope, version) of the manifest followed now: agent, group or global."""
+        chosen = self.choice.chosen()
+        return (chosen[0], chosen[1].version) if chosen else None
+
+    def _on_scoped(self, scope: str, topic: str, payload: bytes) -> None:
+        chosen, act = self.choice.update(scope, payload)
+        if chosen is not None and act:
+            logger.debug("following the %s manifest: model %s", chosen[0], chosen[1].version)
+            self._on_manifest(topic, chosen[1])
 
     def _on_manifest(self, topic: str, manifest: ModelManifest) -> None:
         key = (manifest.version, manifest.sha256)

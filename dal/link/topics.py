@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dal.errors import LinkError
@@ -16,6 +17,7 @@ from dal.errors import LinkError
 DEFAULT_ROOT = "dal/v1"
 ANY_AGENT = "+"
 AGENT_PLACEHOLDER = "{agent}"
+GROUP_PLACEHOLDER = "{group}"
 
 # Agent ids appear in topics and in mosquitto ACL `%u` patterns: no '/', '+', '#' or spaces.
 _AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -41,6 +43,10 @@ class TopicSpec:
     @property
     def per_agent(self) -> bool:
         return AGENT_PLACEHOLDER in self.template
+
+    @property
+    def per_group(self) -> bool:
+        return GROUP_PLACEHOLDER in self.template
 
 
 TOPICS: tuple[TopicSpec, ...] = (
@@ -135,6 +141,15 @@ TOPICS: tuple[TopicSpec, ...] = (
         "the model agents should run: version, size, sha256, chunking, Ed25519 signature",
     ),
     TopicSpec(
+        "model_manifest_agent",
+        "agents/{agent}/model/manifest",
+        TRAINER,
+        1,
+        True,
+        "ModelManifest",
+        "the model this one agent should run (e.g. a canary); beats its group's and the global one",
+    ),
+    TopicSpec(
         "trainer_status",
         "trainer/status",
         TRAINER,
@@ -154,7 +169,21 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
 )
 
-_BY_NAME = {spec.name: spec for spec in TOPICS}
+# Per-group topics need a group id to build (topic(..., group=)), so they are a table of their
+# own: code that builds every row of TOPICS from a root and an agent id keeps working.
+GROUP_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        "model_manifest_group",
+        "groups/{group}/model/manifest",
+        TRAINER,
+        1,
+        True,
+        "ModelManifest",
+        "the model the agents of `[agent] group` should run; overrides the global manifest",
+    ),
+)
+
+_BY_NAME = {spec.name: spec for spec in TOPICS + GROUP_TOPICS}
 
 
 def spec(name: str) -> TopicSpec:
@@ -177,6 +206,16 @@ def check_agent_id(agent: str) -> str:
     return agent
 
 
+def check_group_id(group: str) -> str:
+    """Return `group` if it can be a topic level (same rules as an agent id), else LinkError."""
+    if not isinstance(group, str) or not _AGENT_ID.match(group):
+        raise LinkError(
+            f"invalid group id {group!r}",
+            hint="use 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)",
+        )
+    return group
+
+
 def check_root(root: str) -> str:
     """Return `root` if it is a plain topic prefix like 'dal/v1', else raise LinkError."""
     levels = root.split("/") if isinstance(root, str) else [""]
@@ -188,10 +227,21 @@ def check_root(root: str) -> str:
     return root
 
 
-def topic(name: str, root: str = DEFAULT_ROOT, agent: str | None = None) -> str:
-    """Build the topic `name` under `root`; per-agent topics need `agent` (or ANY_AGENT)."""
+def topic(
+    name: str, root: str = DEFAULT_ROOT, agent: str | None = None, group: str | None = None
+) -> str:
+    """Build the topic `name` under `root`; per-agent topics need `agent` (or ANY_AGENT),
+    per-group ones `group` (or ANY_AGENT, the same '+')."""
     row = spec(name)
     check_root(root)
+    if row.per_group:
+        if group is None or agent is not None:
+            raise LinkError(f"topic {name!r} is per group", hint="pass group= (and no agent=)")
+        if group != ANY_AGENT:
+            check_group_id(group)
+        return f"{root}/{row.template.replace(GROUP_PLACEHOLDER, group)}"
+    if group is not None:
+        raise LinkError(f"topic {name!r} is not per group", hint="leave group out")
     if row.per_agent:
         if agent is None:
             raise LinkError(f"topic {name!r} is per agent", hint="pass agent= (or ANY_AGENT)")
@@ -213,13 +263,23 @@ def agent_of(topic_name: str, root: str = DEFAULT_ROOT) -> str:
     return agent
 
 
+def group_of(topic_name: str, root: str = DEFAULT_ROOT) -> str:
+    """The group id in a received per-group topic ('{root}/groups/{group}/...')."""
+    prefix = f"{root}/groups/"
+    rest = topic_name[len(prefix) :] if topic_name.startswith(prefix) else ""
+    group = rest.split("/", 1)[0]
+    if not group or not _AGENT_ID.match(group):
+        raise LinkError(f"topic {topic_name!r} names no valid group under {prefix}")
+    return group
+
+
 def markdown_table(root: str = DEFAULT_ROOT) -> str:
     """The topic table of docs/mqtt.md."""
     lines = [
         "| name | topic | from | QoS | retained | payload | what |",
         "|---|---|---|---|---|---|---|",
     ]
-    for row in TOPICS:
+    for row in TOPICS + GROUP_TOPICS:
         retained = "yes" if row.retained else "no"
         lines.append(
             f"| `{row.name}` | `{root}/{row.template}` | {row.publisher} | {row.qos} "
@@ -229,9 +289,14 @@ def markdown_table(root: str = DEFAULT_ROOT) -> str:
 
 
 def mosquitto_acl(
-    root: str = DEFAULT_ROOT, trainer: str = "trainer", operator: str = "operator"
+    root: str = DEFAULT_ROOT,
+    trainer: str = "trainer",
+    operator: str = "operator",
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """A mosquitto acl_file: an agent (username = agent id) uses only its own topics."""
+    """A mosquitto acl_file: an agent (username = agent id) uses only its own topics.
+    `groups` (group -> agent ids) adds a `user` block per grouped agent that may read its
+    group's topics: `%u` patterns cannot name a group."""
     check_root(root)
     agent_rows = [row for row in TOPICS if row.per_agent]
     lines = [
@@ -253,15 +318,65 @@ def mosquitto_acl(
     for row in agent_rows:
         access = "write" if row.publisher == AGENT else "read"
         lines.append(f"pattern {access} {root}/{row.template.replace(AGENT_PLACEHOLDER, '%u')}")
-    lines += [f"pattern read {root}/{row.template}" for row in TOPICS if not row.per_agent]
+    plain = [row for row in TOPICS if not row.per_agent]
+    lines += [f"pattern read {root}/{row.template}" for row in plain]
+    lines += _group_acl(root, groups or {})
     return "\n".join(lines) + "\n"
 
 
+def _group_acl(root: str, groups: Mapping[str, Sequence[str]]) -> list[str]:
+    """`user` blocks: each grouped agent reads (never writes) its group's topics."""
+    readable = [row for row in GROUP_TOPICS if row.publisher != AGENT]
+    members: dict[str, list[str]] = {}
+    for group, agents in sorted(groups.items()):
+        check_group_id(group)
+        for agent in agents:
+            members.setdefault(check_agent_id(agent), []).append(group)
+    lines = ["", "# agent groups: each agent reads its group's topics"] if members else []
+    for agent, names in sorted(members.items()):
+        lines.append(f"user {agent}")
+        for group in names:
+            lines += [
+                f"topic read {root}/{row.template.replace(GROUP_PLACEHOLDER, group)}"
+                for row in readable
+            ]
+    return lines
+
+
+def parse_groups(values: Sequence[str]) -> dict[str, list[str]]:
+    """`line3=cam1,cam2` arguments as {group: [agents]}; LinkError names a bad one."""
+    groups: dict[str, list[str]] = {}
+    for value in values:
+        group, sep, agents = value.partition("=")
+        names = [a.strip() for a in agents.split(",") if a.strip()]
+        if not sep or not names:
+            raise LinkError(f"bad group {value!r}", hint="write GROUP=AGENT[,AGENT...]")
+        groups.setdefault(check_group_id(group.strip()), []).extend(map(check_agent_id, names))
+    return groups
+
+
 def main(argv: list[str]) -> int:
-    """`python -m dal.link doc|acl [ROOT]` prints the generated table or ACL."""
+    """`python -m dal.link doc|acl [ROOT] [--group GROUP=AGENT,AGENT ...]` prints the
+    generated table or ACL."""
+    usage = "usage: python -m dal.link doc|acl [ROOT] [--group GROUP=AGENT[,AGENT...]]..."
     if not argv or argv[0] not in ("doc", "acl"):
-        print("usage: python -m dal.link doc|acl [ROOT]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
-    root = argv[1] if len(argv) > 1 else DEFAULT_ROOT
-    sys.stdout.write(markdown_table(root) if argv[0] == "doc" else mosquitto_acl(root))
+    rest, group_args = list(argv[1:]), []
+    while "--group" in rest:
+        at = rest.index("--group")
+        if at + 1 >= len(rest):
+            print(usage, file=sys.stderr)
+            return 2
+        group_args.append(rest.pop(at + 1))
+        rest.pop(at)
+    root = rest[0] if rest else DEFAULT_ROOT
+    if argv[0] == "doc":
+        sys.stdout.write(markdown_table(root))
+        return 0
+    try:
+        sys.stdout.write(mosquitto_acl(root, groups=parse_groups(group_args)))
+    except LinkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
