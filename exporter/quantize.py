@@ -91,9 +91,8 @@ def fold_constants(fp32_path: Path, out_path: Path) -> Path:
     (a Mul and an Add after each conv) folded into the convs' weights. Quantizing first would put
     a QuantizeLinear/DequantizeLinear pair between each conv and its Mul, which then can no longer
     be fused: the INT8 model came out slower than the float one."""
-    from dal.agent.session import import_ort
+    import onnxruntime as ort
 
-    ort = import_ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(out_path)
