@@ -38,6 +38,7 @@ SMALL_ARGS: dict[str, list[str]] = {
     "pool": ["--n", "60"],
     "query": ["--pool", "100000", "--repeats", "2", "--score-images", "2000"],
     "render": ["--count", "3", "--samples", "16"],
+    "runtimes": ["--frames", "8", "--rounds", "1", "--calibration-frames", "4"],
 }
 
 # headline figure -> (script, path of keys into its JSON); a number index picks a list item
@@ -56,6 +57,11 @@ HEADLINE: dict[str, tuple[str, tuple[str | int, ...]]] = {
         ("archs", "mobilenet_v2_fpn", "training", "steps_per_s"),
     ),
     "render_images_per_min": ("render", ("results", 0, "images_per_min")),
+    "cpu_int8_fps_over_cpu_fp32": ("runtimes", ("table", "cpu_int8", "speed_over_cpu_fp32")),
+    "openvino_int8_fps_over_cpu_fp32": (
+        "runtimes",
+        ("table", "openvino_int8", "speed_over_cpu_fp32"),
+    ),
 }
 STDERR_TAIL_LINES = 20
 

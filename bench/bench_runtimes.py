@@ -116,7 +116,7 @@ def worker_main() -> int:
 
 def prepare_models(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, str]:
     """(fp32 model, int8 model, where they came from)."""
-    from dal.exporter.quantize import calibration_images, quantize_int8
+    from dal.exporter.quantize import QUANTIZED_SCOPES, calibration_images, quantize_int8
     from dal.letterbox import fit_image, plan_fit
 
     if args.model:
@@ -139,7 +139,8 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, str
     else:
         fit = plan_fit(1280, 720, width, height)
         frames = [fit_image(f, fit) for f in camera_frames(args.calibration_frames, seed=1)]
-    int8 = args.int8 or quantize_int8(fp32, tmp / "int8.onnx", frames)
+    scopes = args.int8_scopes.split(",") if args.int8_scopes else QUANTIZED_SCOPES
+    int8 = args.int8 or quantize_int8(fp32, tmp / "int8.onnx", frames, scopes=scopes)
     return fp32, int8, source
 
 
@@ -225,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-images", type=Path)
     parser.add_argument("--calibration", type=Path, help="image folder to calibrate INT8 on")
     parser.add_argument("--calibration-frames", type=int, default=64)
+    parser.add_argument(
+        "--int8-scopes", help="node-name prefixes to quantize, comma-separated (default: export's)"
+    )
     parser.add_argument("--openvino-python", help="a Python with onnxruntime-openvino")
     parser.add_argument("--frames", type=int, default=40, help="1280x720 frames timed per row")
     parser.add_argument("--rounds", type=int, default=3)
@@ -277,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": source,
         "val": str(args.val) if args.val else None,
         "calibration": str(args.calibration) if args.calibration else "camera-like frames",
+        "int8_scopes": args.int8_scopes or "dal export's",
         "frames": f"{args.frames} x 1280x720, letterboxed by the Detector",
         "threads": args.threads or "onnxruntime default",
         "table": table,
