@@ -94,8 +94,10 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from dal.agent.daemon import AgentDaemon
+    from dal.runtimes import check_single_runtime
 
     try:
+        check_single_runtime()
         daemon = AgentDaemon(_config(args))
 
         def on_signal(signum: int, frame: Any) -> None:

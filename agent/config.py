@@ -92,6 +92,15 @@ class DetectorConfig:
     threads: int = field(
         default=0, metadata=doc("onnxruntime intra-op threads (0 = its default).", min=0)
     )
+    helper_nice: int = field(
+        default=10,
+        metadata=doc(
+            "Nice value added to the capture and store threads (0 = none): they then run in "
+            "the gaps between inference's operators instead of stalling its threads.",
+            min=0,
+            max=19,
+        ),
+    )
 
 
 @dataclass(frozen=True)

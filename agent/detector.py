@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from dal import contract
-from dal.agent.providers import DEFAULT_PROVIDERS, choose_providers
+from dal.agent.providers import DEFAULT_PROVIDERS
+from dal.agent.session import import_ort, open_session, ort_errors
 from dal.errors import ModelError
 from dal.letterbox import RESIZE_MODES, Fit, boxes_to_frame, fit_image, plan_fit
 
@@ -230,33 +231,9 @@ class LatencyStats:
 # the session
 
 
-def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        from dal.errors import DependencyError
-
-        raise DependencyError(
-            "onnxruntime is not installed",
-            hint="pip install 'dal[agent]' (onnxruntime-gpu; it runs on CPU too)",
-        ) from None
-    return onnxruntime
-
-
-def _ort_errors(ort: Any) -> tuple[type[BaseException], ...]:
-    """onnxruntime's own exception classes (they do not share a base class beyond Exception)."""
-    state = ort.capi.onnxruntime_pybind11_state
-    names = (
-        "Fail",
-        "InvalidGraph",
-        "InvalidProtobuf",
-        "NoSuchFile",
-        "InvalidArgument",
-        "RuntimeException",
-        "EPFail",
-        "NotImplemented",
-    )
-    return tuple(getattr(state, n) for n in names if hasattr(state, n))
+# onnxruntime and its errors, through agent/session.py (the names are kept for older callers)
+_import_ort = import_ort
+_ort_errors = ort_errors
 
 
 class _Worker:
@@ -350,25 +327,7 @@ class Detector:
         )
 
     def _load(self, providers: tuple[str, ...] | list[str], threads: int) -> Any:
-        ort = _import_ort()
-        if not self.path.is_file():
-            raise ModelError(
-                f"model file {self.path} not found",
-                hint="set [detector] model or let the agent download one",
-            )
-        options = ort.SessionOptions()
-        # No busy-waiting between frames: an always-on daemon shares the CPU (~12% less per frame).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
-        chosen = choose_providers(providers, ort.get_available_providers())
-        try:
-            return ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
-        except _ort_errors(ort) as err:
-            raise ModelError(
-                f"{self.path}: onnxruntime cannot load it ({err})",
-                hint="the file is corrupt or not an ONNX model; export it again",
-            ) from None
+        return open_session(self.path, providers, threads)
 
     def fit_for(self, width: int, height: int) -> Fit:
         """The (cached) mapping for frames of this size."""

@@ -6,6 +6,9 @@ Three loops, each a supervised worker (agent/supervisor.py):
     infer    rate limit, inference, score, near-duplicate skip, drift statistics
     store    writes kept frames into the pool (JPEG + fsync + commit beside inference)
 
+Capture and store run at a lower priority than inference ([detector] helper_nice): see
+`lower_thread_priority`.
+
 A live source drops the oldest waiting frame when inference falls behind; a recording waits,
 so no frame of it is lost. While the pool cannot store (disk full: storage_gate.py) capture
 pauses the same way: a live source's frames are dropped and counted, a recording waits; one
@@ -17,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -54,6 +58,22 @@ class _Keep:
     detections: Detections
     model: ActiveModel
     score: float
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by `nice` (Linux: per thread; a no-op elsewhere).
+
+    Why: onnxruntime splits each operator over its threads and waits for the last; a capture or
+    store thread that preempts one of them stalls the whole operator. At a higher nice value the
+    helpers take the CPU inference leaves idle (it does not keep every core busy) and still
+    keep up, since inference waits for them when their queues are full."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as err:
+        logger.info("cannot lower this thread's priority: %s", err)
 
 
 class RateMeter:
@@ -125,6 +145,7 @@ class Pipeline:
     # -- capture -------------------------------------------------------------------------------
 
     def capture_loop(self, beat: Beat) -> None:
+        lower_thread_priority(self.config.detector.helper_nice)
         while not self.stop.is_set():
             frame = self.source.read()
             beat()
@@ -254,6 +275,7 @@ class Pipeline:
     # -- store ---------------------------------------------------------------------------------
 
     def store_loop(self, beat: Beat) -> None:
+        lower_thread_priority(self.config.detector.helper_nice)
         while not (self.stop.is_set() and self._writes.empty()):
             beat()
             try:

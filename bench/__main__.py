@@ -31,19 +31,21 @@ REPO = HERE.parent
 # Small settings per script: enough to give a meaningful figure in seconds to a minute or two.
 # DBAL keeps its 100k pool: that pool size is the figure.
 SMALL_ARGS: dict[str, list[str]] = {
-    "agent": ["--frames", "20", "--rounds", "2"],
+    "agent": ["--frames", "20", "--rounds", "2", "--no-before"],
     "detector": ["--arch", "mobilenet_v2_fpn", "--steps", "3", "--runs", "5"],
     "fleet": ["--agents", "10", "--samples", "20", "--procs", "2", "--cycle-s", "0.2"],
     "mqtt": ["--size-mb", "16", "--repeat", "1"],
     "pool": ["--n", "60"],
     "query": ["--pool", "100000", "--repeats", "2", "--score-images", "2000"],
     "render": ["--count", "3", "--samples", "16"],
+    "runtimes": ["--frames", "8", "--rounds", "1", "--calibration-frames", "4"],
 }
 
 # headline figure -> (script, path of keys into its JSON); a number index picks a list item
 HEADLINE: dict[str, tuple[str, tuple[str | int, ...]]] = {
     "agent_fps_over_bare_onnxruntime_fps": ("agent", ("median", "ratio_keep_all")),
     "agent_fps_over_bare_onnxruntime_fps_dedup": ("agent", ("median", "ratio_dedup")),
+    "agent_cpu_ratio_bare_over_agent": ("agent", ("median", "cpu_ratio_keep_all")),
     "dbal_query_s_100k_pool": ("query", ("dbal_s",)),
     "pool_inserts_per_s": ("pool", ("inserts_per_s_jpeg_normal",)),
     "mqtt_sample_transfer_mb_s": ("mqtt", ("sample_transfer_mb_s",)),
@@ -55,6 +57,11 @@ HEADLINE: dict[str, tuple[str, tuple[str | int, ...]]] = {
         ("archs", "mobilenet_v2_fpn", "training", "steps_per_s"),
     ),
     "render_images_per_min": ("render", ("results", 0, "images_per_min")),
+    "cpu_int8_fps_over_cpu_fp32": ("runtimes", ("table", "cpu_int8", "speed_over_cpu_fp32")),
+    "openvino_int8_fps_over_cpu_fp32": (
+        "runtimes",
+        ("table", "openvino_int8", "speed_over_cpu_fp32"),
+    ),
 }
 STDERR_TAIL_LINES = 20
 

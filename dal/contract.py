@@ -37,6 +37,11 @@ META_VAL_AP = "dal.val_ap"  # float as text, "" when unknown
 META_WEIGHTS_SHA256 = "dal.weights_sha256"
 META_ARCH = "dal.architecture"
 META_SCORE_THRESHOLD = "dal.score_threshold"
+# Optional, written by `dal export --quantize int8`: "int8" or "fp32" (absent = fp32), and the AP
+# that export measured on its --val set for the float model and for this one.
+META_PRECISION = "dal.precision"
+META_FP32_AP = "dal.fp32_ap"
+META_INT8_AP = "dal.int8_ap"
 REQUIRED_META = (
     META_CONTRACT,
     META_VERSION,

@@ -26,7 +26,9 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 python=$(command -v "$python")
 
-extras=${DAL_EXTRAS:-agent,trainer,blender,demo,dev}
+# cpu: plain onnxruntime (CI, make demo); DAL_EXTRAS=agent,nvidia or agent,intel picks another
+# runtime (exactly one of cpu, nvidia, intel).
+extras=${DAL_EXTRAS:-agent,trainer,blender,demo,dev,cpu}
 # The third-party requirements of the core and the chosen extras, one per line, sorted.
 requirements=$("$python" - "$extras" <<'EOF'
 import sys, tomllib
@@ -35,6 +37,9 @@ wanted = [e for e in sys.argv[1].split(",") if e]
 unknown = sorted(set(wanted) - set(project["optional-dependencies"]))
 if unknown:
     sys.exit(f"setup: unknown extras {unknown} in DAL_EXTRAS")
+runtimes = sorted({"cpu", "nvidia", "intel"} & set(wanted))
+if len(runtimes) > 1:
+    sys.exit(f"setup: DAL_EXTRAS names the runtimes {runtimes}; pick one (they cannot share a venv)")
 lines = set(project["dependencies"])
 for extra in wanted:
     lines.update(project["optional-dependencies"][extra])

@@ -46,3 +46,17 @@ def test_names_without_a_plug_in_pass_through_when_available() -> None:
 def test_a_name_can_be_registered_once(fake: Provider) -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_provider(Provider(fake.name))
+
+
+def test_openvino_runs_fp32_on_the_cpu_with_the_configured_threads() -> None:
+    from dal.agent.providers import provider_options
+
+    assert provider_options("OpenVINOExecutionProvider", threads=2) == {
+        "device_type": "CPU",
+        "precision": "FP32",
+        "num_of_threads": "2",
+    }
+    # threads = 0 leaves OpenVINO's own default; providers without options get none
+    assert "num_of_threads" not in provider_options("OpenVINOExecutionProvider")
+    assert provider_options("CPUExecutionProvider", threads=2) == {}
+    assert provider_options("SomeFutureExecutionProvider") == {}

@@ -70,9 +70,11 @@ def offline_status(config: TrainerConfig) -> dict[str, Any]:
 def _serve(path: Path | None) -> int:
     """A config mistake exits 78 (EX_CONFIG): the unit's RestartPreventExitStatus stops
     systemd from restarting into the same mistake every 5 s."""
+    from dal.runtimes import check_single_runtime
     from dal.trainer.service import serve
 
     try:
+        check_single_runtime()
         config = load_trainer_config(path)
         return serve(config)
     except ConfigError as err:

@@ -32,6 +32,12 @@ def register_provider(provider: Provider) -> Provider:
     return provider
 
 
+def provider_options(name: str, threads: int = 0) -> dict[str, str]:
+    """onnxruntime options for the provider `name` ({} for one without a plug-in)."""
+    plugin = PROVIDERS.get(name)
+    return {} if plugin is None else plugin.session_options(threads)
+
+
 def choose_providers(wanted: Sequence[str], available: Sequence[str]) -> list[str]:
     """Wanted providers that this onnxruntime build offers and this machine can run, in the
     wanted order (CPU last). Names without a plug-in are passed on as they are."""
@@ -49,4 +55,11 @@ def choose_providers(wanted: Sequence[str], available: Sequence[str]) -> list[st
     return chosen
 
 
-__all__ = ["DEFAULT_PROVIDERS", "PROVIDERS", "Provider", "choose_providers", "register_provider"]
+__all__ = [
+    "DEFAULT_PROVIDERS",
+    "PROVIDERS",
+    "Provider",
+    "choose_providers",
+    "provider_options",
+    "register_provider",
+]

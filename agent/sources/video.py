@@ -151,7 +151,7 @@ class VideoSource(BaseSource):
         if self._grabber is not None:
             bgr, stamp = self._grabber.latest(self.stall_timeout_s)
             self.stats.corrupt = self._grabber.bad
-            return self._frame(np.ascontiguousarray(bgr[:, :, ::-1]), stamp)
+            return self._frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), stamp)
         return self._read_file()
 
     def _read_file(self) -> Frame | None:
@@ -178,5 +178,5 @@ class VideoSource(BaseSource):
             self._pass_index += 1
             self._pacer.wait(self._offset + self._last)
             return self._frame(
-                np.ascontiguousarray(bgr[:, :, ::-1]), self._anchor + self._offset + self._last
+                cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self._anchor + self._offset + self._last
             )
