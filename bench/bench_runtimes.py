@@ -13,7 +13,8 @@ dal/exporter/quantize.py (what `dal export --quantize int8` writes), calibrated 
 OpenVINO's onnxruntime build cannot share the project's environment (dal/runtimes.py), so its
 rows run in a subprocess of another Python that has onnxruntime-openvino, numpy, pillow and
 opencv-python-headless (--openvino-python; it imports dal from this checkout, torch-free). The
-subprocess only detects; AP is computed here. Without it those rows say so. Rounds run every
+subprocess only detects; AP is computed here. Without it (or $DAL_OPENVINO_PYTHON) those rows
+say so. Rounds run every
 row, in an order that rotates, so that load from other processes hits all alike; the median
 and the spread over rounds are reported with the load average.
 
@@ -229,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--int8-scopes", help="node-name prefixes to quantize, comma-separated (default: export's)"
     )
-    parser.add_argument("--openvino-python", help="a Python with onnxruntime-openvino")
+    parser.add_argument(
+        "--openvino-python",
+        default=os.environ.get("DAL_OPENVINO_PYTHON"),
+        help="a Python with onnxruntime-openvino (default $DAL_OPENVINO_PYTHON, so that "
+        "`python -m bench` can fill the OpenVINO rows)",
+    )
     parser.add_argument("--frames", type=int, default=40, help="1280x720 frames timed per row")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="[detector] threads")
