@@ -46,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from frames import camera_frames
 from recordings import write_kinect_mkv
 
 from dal.agent import pool as agent_pool
@@ -58,23 +59,6 @@ from dal.letterbox import fit_image
 
 PROVIDERS = ("CPUExecutionProvider",)
 POLL_S = 0.01  # the bench's own polling: ~0.2 ms CPU per frame
-
-
-def camera_frames(n: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
-    """Camera-like frames: gradients, a few parts moving, sensor noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([80 + 60 * xx / width, 90 + 50 * yy / height, np.full_like(xx, 110)], -1)
-    frames = []
-    for i in range(n):
-        img = base.copy()
-        for j in range(3):
-            x = int((i * 17 + j * width // 3) % (width - width // 8))
-            y = int((j * height // 4 + i * 5) % (height - height // 6))
-            img[y : y + height // 6, x : x + width // 8] = (40 + 70 * j, 200 - 50 * j, 90)
-        img += rng.normal(0, 4, size=img.shape)
-        frames.append(np.clip(img, 0, 255).astype(np.uint8))
-    return frames
 
 
 def export_light_model(out: Path, proposals: int) -> Path:
