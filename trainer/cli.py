@@ -71,7 +71,7 @@ def _serve(path: Path | None) -> int:
     """A config mistake exits 78 (EX_CONFIG): the unit's RestartPreventExitStatus stops
     systemd from restarting into the same mistake every 5 s."""
     from dal.runtimes import check_single_runtime
-    from dal.trainer.service import serve
+    from dal.trainer.serve import serve
 
     try:
         check_single_runtime()

@@ -8,16 +8,15 @@ Threads, each with one job:
   is requested once new labels have settled;
 - the job thread: runs one fine-tune job at a time (jobs.run_finetune).
 
-`TrainerService(config).start()` is the programmatic API (the demo uses it); `serve()` is the
-`dal trainer serve` loop with systemd notify and watchdog. Nothing here blocks an Ack on training:
-a sample is acked as soon as the store made it durable.
+`TrainerService(config).start()` is the programmatic API (the demo uses it); trainer/serve.py
+runs it as `dal trainer serve` under systemd (notify, watchdog). Nothing here blocks an Ack on
+training: a sample is acked as soon as the store made it durable.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import signal
 import threading
 import time
 from dataclasses import asdict
@@ -41,7 +40,6 @@ from dal.link import (
 from dal.link.topics import TOPICS
 from dal.lockfile import PidLock
 from dal.metrics_http import MetricsServer
-from dal.notify import Notifier
 from dal.trainer import jobs
 from dal.trainer.config import TrainerConfig, optional_path, resolve_path
 from dal.trainer.labels.oracle import GroundTruthOracle
@@ -425,37 +423,3 @@ class TrainerService:
             "last_job": self.last_job.to_dict() if self.last_job else None,
             "link_errors": self.link.errors() if self.link else {},
         }
-
-
-# ---------------------------------------------------------------------------------------------
-# systemd
-
-
-def serve(config: TrainerConfig, stop: threading.Event | None = None) -> int:
-    """`dal trainer serve`: run until SIGTERM/SIGINT (or `stop`), ping the watchdog while
-    healthy, exit non-zero if the service stops being healthy (systemd restarts it)."""
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    notifier = Notifier()
-    notifier.status("starting: opening the store, releasing the current model")
-    service = TrainerService(config).start()
-    notifier.ready()
-    # ping at half systemd's watchdog period so one late beat does not get us killed
-    beat = max(0.5, notifier.watchdog_s / 2) if notifier.watchdog_s else 5.0
-    code = 0
-    try:
-        while not stop.wait(beat):
-            if not service.healthy():
-                logger.error("trainer service is unhealthy (a thread died or hangs); exiting")
-                code = 1
-                break
-            notifier.watchdog()
-            counts = service.store.counts()
-            notifier.status(f"{counts.samples} samples, {counts.unlabelled} unlabelled")
-    finally:
-        notifier.stopping()
-        service.stop()
-        notifier.close()
-    return code
