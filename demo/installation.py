@@ -47,7 +47,7 @@ def write_configs(
 
 
 def next_steps(out: Path, services_running: bool) -> list[str]:
-    """The commands that look into what the run left (relative to the current folder)."""
+    """The commands that look into what the run left, with the paths under `out`."""
     agent = out / AGENT_TOML
     trainer = out / TRAINER_TOML
     monitor = f"dal monitor --config {trainer}"
