@@ -37,7 +37,18 @@ from dal.sqlite_tx import immediate_transaction
 DB_NAME = "registry.db"
 STATES = ("candidate", "current", "previous", "archived", "rejected", "failed")
 
-_SCHEMA = """
+# Every change to a model or a rollout target, shared with trainer/rollout_store.py.
+HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    time    REAL NOT NULL,
+    version TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    detail  TEXT NOT NULL DEFAULT ''
+);
+"""
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS models (
     version     TEXT PRIMARY KEY,
     parent      TEXT,
@@ -54,14 +65,9 @@ CREATE TABLE IF NOT EXISTS models (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_current ON models(state) WHERE state = 'current';
 CREATE UNIQUE INDEX IF NOT EXISTS one_previous ON models(state) WHERE state = 'previous';
-CREATE TABLE IF NOT EXISTS history (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    time    REAL NOT NULL,
-    version TEXT NOT NULL,
-    action  TEXT NOT NULL,
-    detail  TEXT NOT NULL DEFAULT ''
-);
 """
+    + HISTORY_SCHEMA
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,14 @@ class ModelRecord:
         }
 
 
+def log_history(db: sqlite3.Connection, version: str, action: str, detail: str = "") -> None:
+    """One row of the history table, inside the caller's transaction."""
+    db.execute(
+        "INSERT INTO history (time, version, action, detail) VALUES (?, ?, ?, ?)",
+        (time.time(), version, action, detail),
+    )
+
+
 class Registry:
     """See the module docstring."""
 
@@ -134,13 +148,6 @@ class Registry:
 
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return immediate_transaction(self._db, self._lock)
-
-    @staticmethod
-    def _log(db: sqlite3.Connection, version: str, action: str, detail: str = "") -> None:
-        db.execute(
-            "INSERT INTO history (time, version, action, detail) VALUES (?, ?, ?, ?)",
-            (time.time(), version, action, detail),
-        )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -230,7 +237,7 @@ class Registry:
                         record.reason,
                     ),
                 )
-                self._log(db, record.version, "added", record.reason)
+                log_history(db, record.version, "added", record.reason)
         except sqlite3.IntegrityError:
             raise ModelError(f"model {record.version!r} is already in the registry") from None
         return self.require(record.version)
@@ -273,7 +280,7 @@ class Registry:
                 "UPDATE models SET state = ?, reason = ? WHERE version = ?",
                 (state, reason, version),
             )
-            self._log(db, version, state, reason)
+            log_history(db, version, state, reason)
         return self.require(version)
 
     def promote(self, version: str, reason: str = "") -> ModelRecord:
@@ -295,7 +302,7 @@ class Registry:
                 " WHERE version = ?",
                 (reason, time.time(), version),
             )
-            self._log(db, version, "promoted", reason)
+            log_history(db, version, "promoted", reason)
         return self.require(version)
 
     def rollback(self, reason: str = "rolled back") -> ModelRecord:
@@ -315,12 +322,12 @@ class Registry:
                     " WHERE version = ?",
                     (reason, current.version),
                 )
-                self._log(db, current.version, "rolled_back", reason)
+                log_history(db, current.version, "rolled_back", reason)
             db.execute(
                 "UPDATE models SET state = 'current', promoted_at = ? WHERE version = ?",
                 (time.time(), previous.version),
             )
-            self._log(db, previous.version, "promoted", f"rollback: {reason}")
+            log_history(db, previous.version, "promoted", f"rollback: {reason}")
             row = db.execute(
                 "SELECT version FROM models WHERE state = 'archived' AND promoted_at IS NOT NULL"
                 " AND version != ? ORDER BY promoted_at DESC LIMIT 1",

@@ -21,11 +21,12 @@ from typing import Any
 
 from dal.errors import StorageError
 from dal.sqlite_tx import immediate_transaction
-from dal.trainer.registry import DB_NAME
+from dal.trainer.registry import DB_NAME, HISTORY_SCHEMA, log_history
 
 SCOPES = ("group", "agent")
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS targets (
     scope   TEXT NOT NULL CHECK (scope IN ('group', 'agent')),
     name    TEXT NOT NULL,
@@ -44,14 +45,9 @@ CREATE TABLE IF NOT EXISTS rollouts (
     finished REAL,
     message  TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS history (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    time    REAL NOT NULL,
-    version TEXT NOT NULL,
-    action  TEXT NOT NULL,
-    detail  TEXT NOT NULL DEFAULT ''
-);
 """
+    + HISTORY_SCHEMA
+)
 
 
 @dataclass(frozen=True)
@@ -99,13 +95,6 @@ class TargetStore:
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return immediate_transaction(self._db, self._lock)
 
-    @staticmethod
-    def _log(db: sqlite3.Connection, version: str, action: str, detail: str) -> None:
-        db.execute(
-            "INSERT INTO history (time, version, action, detail) VALUES (?, ?, ?, ?)",
-            (time.time(), version, action, detail),
-        )
-
     # -- targets -------------------------------------------------------------------------------
 
     def set(self, scope: str, names: list[str], version: str | None, reason: str = "") -> None:
@@ -125,9 +114,9 @@ class TargetStore:
                     (scope, name, version, time.time(), reason),
                 )
                 if version is not None:
-                    self._log(db, version, "targeted", f"{scope} {name}: {reason}".rstrip(": "))
+                    log_history(db, version, "targeted", f"{scope} {name}: {reason}".rstrip(": "))
                 elif old is not None and old[0] is not None:
-                    self._log(db, old[0], "untargeted", f"{scope} {name}: {reason}".rstrip(": "))
+                    log_history(db, old[0], "untargeted", f"{scope} {name}: {reason}".rstrip(": "))
 
     def list(self, include_cleared: bool = False) -> list[Target]:
         sql = "SELECT * FROM targets"
@@ -156,7 +145,7 @@ class TargetStore:
                 " VALUES (?, ?, ?, 'canary', ?)",
                 (version, group, canary, time.time()),
             )
-            self._log(db, version, "canary", f"group {group}, canary {canary}")
+            log_history(db, version, "canary", f"group {group}, canary {canary}")
             return int(cursor.lastrowid or 0)
 
     def finish_rollout(self, rollout: int, state: str, message: str) -> None:
@@ -168,7 +157,7 @@ class TargetStore:
                 (state, time.time(), message, rollout),
             )
             if row is not None:
-                self._log(db, row[0], f"rollout_{state}", message)
+                log_history(db, row[0], f"rollout_{state}", message)
 
     def rollouts(self, limit: int = 20) -> list[dict[str, Any]]:
         """The latest rollouts, newest first."""
