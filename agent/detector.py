@@ -231,11 +231,6 @@ class LatencyStats:
 # the session
 
 
-# onnxruntime and its errors, through agent/session.py (the names are kept for older callers)
-_import_ort = import_ort
-_ort_errors = ort_errors
-
-
 class _Worker:
     """One daemon thread running inferences; a stuck one cannot block interpreter exit."""
 
@@ -291,7 +286,7 @@ class Detector:
         _check_io(self.path, self._session, self.info)
         self.provider = self._session.get_providers()[0]
         self._output_names = list(contract.OUTPUT_NAMES)
-        self._errors = _ort_errors(_import_ort())
+        self._errors = ort_errors(import_ort())
         self._worker = _Worker(f"infer-{self.path.name}")
         self.last_latency_s = 0.0
         self._fits: dict[tuple[int, int], Fit] = {}
@@ -344,7 +339,7 @@ class Detector:
                 f"{self.path}: detector is unusable: {self.broken}",
                 hint="restart the agent (or load another model)",
             )
-        run_options = _import_ort().RunOptions()
+        run_options = import_ort().RunOptions()
         started = time.perf_counter()
         future = self._worker.submit(
             self._session.run, self._output_names, {contract.INPUT_NAME: model_input}, run_options
