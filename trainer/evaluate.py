@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from dal.coco import (
 from dal.errors import DalError
 from dal.trainer.device import add_device_arguments
 from dal.trainer.grid import GRID_THRESHOLD, save_grid, spread_positions
+
+if TYPE_CHECKING:
+    from dal.agent.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +186,16 @@ def evaluate(
     return metrics, kept
 
 
+def detector_predictor(detector: Detector) -> Predictor:
+    """A Predictor over the agent's Detector: an exported model evaluated as the agent runs it."""
+
+    def predict(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        det = detector.detect(image)
+        return det.boxes, det.labels, det.scores
+
+    return predict
+
+
 def load_predictor(
     model_path: Path, score_threshold: float | None, device: str = "cpu"
 ) -> tuple[Predictor, list[str]]:
@@ -192,12 +205,7 @@ def load_predictor(
         from dal.agent.detector import Detector
 
         detector = Detector(model_path)
-
-        def predict_onnx(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            det = detector.detect(image)
-            return det.boxes, det.labels, det.scores
-
-        return predict_onnx, list(detector.info.class_names[1:])
+        return detector_predictor(detector), list(detector.info.class_names[1:])
     from dal.trainer.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(model_path)

@@ -19,7 +19,6 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from dal import contract
 from dal.errors import ConfigError, ModelError
@@ -90,16 +89,12 @@ def onnx_ap(model: Path, val: Path, images: Path | None) -> float:
     """AP@[.5:.95] of an exported model on a COCO set, run by the agent's Detector on CPU."""
     from dal.agent.detector import Detector
     from dal.coco import load_coco
-    from dal.trainer.evaluate import evaluate
+    from dal.trainer.evaluate import detector_predictor, evaluate
 
     coco = load_coco(val, images)
     with Detector(model, providers=("CPUExecutionProvider",)) as detector:
-
-        def predict(image: Any) -> Any:
-            d = detector.detect(image)
-            return d.boxes, d.labels, d.scores
-
-        metrics, _ = evaluate(predict, coco, list(detector.info.class_names[1:]), progress=False)
+        predictor = detector_predictor(detector)
+        metrics, _ = evaluate(predictor, coco, list(detector.info.class_names[1:]), progress=False)
     return float(metrics["AP"])
 
 
