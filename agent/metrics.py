@@ -168,9 +168,7 @@ class AgentCollector:
         if active is not None:
             info = {"version": label(active.version), "provider": label(active.detector.provider)}
             f["model"].add_metric([self.agent], info)
-        # ModelManager keeps this private; read it without widening its interface
-        left = getattr(models, "_probation_left", 0)
-        f["model_probation_frames"].add_metric([self.agent], left if isinstance(left, int) else 0)
+        f["model_probation_frames"].add_metric([self.agent], models.probation_left)
 
     def _link(self, f: dict[str, Metric]) -> None:
         link = self.p.link
